@@ -1,0 +1,1 @@
+//! benches crate of edgevisor (being built).

@@ -1,0 +1,1 @@
+//! devices crate of edgevisor (being built).

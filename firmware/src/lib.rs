@@ -1,0 +1,1 @@
+//! firmware crate of edgevisor (being built).

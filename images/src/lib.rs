@@ -1,0 +1,1 @@
+//! images crate of edgevisor (being built).

@@ -1,0 +1,1 @@
+//! numa crate of edgevisor (being built).

@@ -1,0 +1,1 @@
+//! tests crate of edgevisor (being built).
