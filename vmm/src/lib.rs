@@ -1,1 +1,26 @@
-//! vmm
+//! edgevisor's VMM: one KVM virtual machine per process, booting Unikraft and Linux images
+//! through the Linux 64-bit entry, PVH or multiboot.
+//!
+//! Embedding:
+//! ```no_run
+//! use std::time::Instant;
+//! let config = vmm::VmConfig::default(); // the built-in boot probe
+//! let vm = vmm::Vm::new(&config, Box::new(std::io::stdout()), Instant::now()).unwrap();
+//! let handle = vm.start().unwrap();
+//! let report = handle.wait();
+//! println!("{} (exit code {})", report.message, report.exit_code);
+//! ```
+
+pub mod arch;
+pub mod config;
+pub mod exit;
+pub mod state;
+pub mod timings;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::{KernelSource, VmConfig};
+pub use exit::ExitReason;
+pub use state::VmState;
+pub use timings::TimingsReport;
+pub use vm::{BootSummary, ExitReport, Vm, VmError, VmHandle, VmStopper};

@@ -1,1 +1,213 @@
-fn main() {}
+//! `edgevisor`: boot a kernel on KVM from the command line.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use images::BootProtocol;
+use vmm::config::parse_mem_size;
+use vmm::{KernelSource, Vm, VmConfig, VmError};
+
+/// Exit code for bad input or setup errors (docs/GUEST_INTERFACE.md).
+const EXIT_SETUP_ERROR: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "edgevisor",
+    version,
+    about = "A lean KVM hypervisor for edge nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest and wait for it to end (the built-in boot probe when no --kernel is given).
+    Run(RunArgs),
+    /// Tell what kind of kernel image a file is and how it can boot.
+    Inspect {
+        /// The image file.
+        image: PathBuf,
+    },
+    /// Write the built-in firmware guests to a directory.
+    Firmware {
+        /// Directory to write linux64.elf, pvh.elf, multiboot.elf and bzimage.bin into.
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kernel image: ELF vmlinux, bzImage, PVH ELF or multiboot ELF32.
+    #[arg(long, conflicts_with = "config")]
+    kernel: Option<PathBuf>,
+    /// Initramfs to hand the guest.
+    #[arg(long, conflicts_with = "config")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, conflicts_with = "config")]
+    cmdline: Option<String>,
+    /// Guest memory: MiB, or a size with K/M/G (default 64M).
+    #[arg(long, conflicts_with = "config")]
+    mem: Option<String>,
+    /// Number of vCPUs (default 1).
+    #[arg(long, conflicts_with = "config")]
+    vcpus: Option<u64>,
+    /// Force a boot protocol: linux64, pvh or multiboot (default: the image's preferred one).
+    #[arg(long, conflicts_with = "config")]
+    boot_protocol: Option<BootProtocol>,
+    /// A Firecracker --config-file JSON document (boot-source, machine-config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the boot phases measured by the VMM when the guest ends.
+    #[arg(long)]
+    timings: bool,
+    /// Write a JSON exit report (reason, code, timings, counters) to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn build_config(args: &RunArgs) -> Result<VmConfig, VmError> {
+    if let Some(path) = &args.config {
+        return Ok(VmConfig::from_firecracker_file(path)?);
+    }
+    let mut config = VmConfig::default();
+    if let Some(k) = &args.kernel {
+        config.kernel = KernelSource::Path(k.clone());
+    }
+    config.initrd = args.initrd.clone();
+    if let Some(c) = &args.cmdline {
+        config.cmdline = c.clone();
+    }
+    if let Some(m) = &args.mem {
+        config.mem_mib = parse_mem_size(m)?;
+    }
+    if let Some(v) = args.vcpus {
+        config.vcpus = u8::try_from(v).map_err(|_| vmm::config::ConfigError::BadVcpus(v))?;
+    }
+    config.boot_protocol = args.boot_protocol;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in every thread and stops the VM when one arrives.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset operations on a local, zero-initialised set; pthread_sigmask with a
+    // valid set pointer.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn run(args: RunArgs, start: Instant) -> Result<u8, VmError> {
+    let config = build_config(&args)?;
+    let signals = block_termination_signals();
+    let vm = Vm::new(&config, Box::new(std::io::stdout()), start)?;
+    let summary = vm.summary().clone();
+    eprintln!(
+        "edgevisor: booting {} ({}, {}) via {} with {} MiB, {} vCPU(s)",
+        summary.image,
+        summary.kind,
+        summary.format,
+        summary.protocol,
+        summary.mem_mib,
+        summary.vcpus
+    );
+    let handle = vm.start()?;
+
+    let stopper = handle.stopper();
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `signals` is a valid set and `sig` a valid out pointer.
+        if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+            stopper.stop();
+        }
+    });
+    forward_stdin(&handle);
+
+    let report = handle.wait();
+    if args.timings {
+        eprintln!("edgevisor: {}", report.timings);
+    }
+    eprintln!(
+        "edgevisor: guest exited: {} (exit code {})",
+        report.message, report.exit_code
+    );
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, json + "\n") {
+            eprintln!(
+                "edgevisor: warning: cannot write the report to {}: {e}",
+                path.display()
+            );
+        }
+    }
+    Ok(report.exit_code.clamp(0, 255) as u8)
+}
+
+/// Feeds our stdin to the guest's serial port from a helper thread.
+fn forward_stdin(handle: &vmm::VmHandle) {
+    let input = handle.serial_sender();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        let mut stdin = std::io::stdin().lock();
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 || !input.send(&buf[..n]) {
+                break;
+            }
+        }
+    });
+}
+
+fn inspect(image: PathBuf) -> Result<u8, VmError> {
+    let (format, kind, protocols) = vmm::vm::inspect(&image)?;
+    let names: Vec<String> = protocols.iter().map(|p| p.to_string()).collect();
+    println!("image:     {}", image.display());
+    println!("format:    {format}");
+    println!("kind:      {kind}");
+    println!("protocols: {} (default {})", names.join(", "), names[0]);
+    Ok(0)
+}
+
+fn export_firmware(dir: PathBuf) -> Result<u8, String> {
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+    for (name, bytes) in firmware::all() {
+        let file = match *name {
+            "bzimage" => "bzimage.bin".to_string(),
+            other => format!("{other}.elf"),
+        };
+        let path = dir.join(file);
+        std::fs::write(&path, bytes)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args, start).map_err(|e| e.to_string()),
+        Command::Inspect { image } => inspect(image).map_err(|e| e.to_string()),
+        Command::Firmware { dir } => export_firmware(dir),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(msg) => {
+            eprintln!("edgevisor: error: {msg}");
+            ExitCode::from(EXIT_SETUP_ERROR)
+        }
+    }
+}

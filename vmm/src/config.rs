@@ -1,0 +1,373 @@
+//! One configuration type for every way of starting a VM: CLI flags, a Firecracker-style
+//! `--config` file, or an orchestrator embedding the crate.
+
+use std::path::{Path, PathBuf};
+
+use images::BootProtocol;
+use serde::{Deserialize, Serialize};
+
+/// Largest vCPU count we build tables for.
+pub const MAX_VCPUS: u8 = 254;
+
+/// Errors in the configuration itself (before anything is created).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Memory size is zero.
+    #[error("guest memory size is zero: give --mem a size such as 64M or 1G")]
+    ZeroMemory,
+    /// Memory size did not parse.
+    #[error("guest memory size {0:?} is not a size: use a number of MiB, or a number with K, M or G (e.g. 64M, 1G)")]
+    BadSize(String),
+    /// Memory size not a whole number of MiB.
+    #[error("guest memory size {0:?} is not a whole number of MiB: round it to a multiple of 1M")]
+    NotMib(String),
+    /// Memory size above what the host has.
+    #[error("guest memory size {mib} MiB is more than this host's {host_mib} MiB of RAM: use a smaller --mem")]
+    TooMuchMemory {
+        /// Requested.
+        mib: u64,
+        /// Host total.
+        host_mib: u64,
+    },
+    /// vCPU count out of range.
+    #[error("vCPU count {0} is out of range: use 1 to {MAX_VCPUS}")]
+    BadVcpus(u64),
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid for our schema.
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What serde reported (names the unknown field and where).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A Firecracker section we do not implement yet.
+    #[error("config file {path}: {what} is not supported by edgevisor yet: remove it")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What.
+        what: String,
+    },
+}
+
+/// Which kernel to boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelSource {
+    /// The boot probe built into this binary (firmware crate), via its Linux 64-bit entry.
+    #[default]
+    BuiltinProbe,
+    /// A kernel image file.
+    Path(PathBuf),
+}
+
+/// Everything needed to build one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Kernel image.
+    #[serde(default)]
+    pub kernel: KernelSource,
+    /// Optional initramfs.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    #[serde(default = "default_mem_mib")]
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Boot protocol; `None` picks the image's preferred one.
+    #[serde(default)]
+    pub boot_protocol: Option<BootProtocol>,
+}
+
+fn default_mem_mib() -> u64 {
+    64
+}
+fn default_vcpus() -> u8 {
+    1
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: KernelSource::BuiltinProbe,
+            initrd: None,
+            cmdline: String::new(),
+            mem_mib: default_mem_mib(),
+            vcpus: default_vcpus(),
+            boot_protocol: None,
+        }
+    }
+}
+
+impl VmConfig {
+    /// Checks the values that need no file system or KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mem_mib == 0 {
+            return Err(ConfigError::ZeroMemory);
+        }
+        if let Some(host_mib) = host_memory_mib() {
+            if self.mem_mib > host_mib {
+                return Err(ConfigError::TooMuchMemory {
+                    mib: self.mem_mib,
+                    host_mib,
+                });
+            }
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::BadVcpus(self.vcpus as u64));
+        }
+        Ok(())
+    }
+
+    /// Reads a Firecracker `--config-file` document (the parts we support).
+    pub fn from_firecracker_file(path: &Path) -> Result<VmConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_firecracker_json(&text, path)
+    }
+
+    /// Parses a Firecracker config document; `path` only names it in errors.
+    pub fn from_firecracker_json(text: &str, path: &Path) -> Result<VmConfig, ConfigError> {
+        let fc: FirecrackerConfig =
+            serde_json::from_str(text).map_err(|source| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let unsupported = |what: &str| ConfigError::Unsupported {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+        };
+        for (name, present) in [
+            ("\"drives\" (block devices)", !fc.drives.is_empty()),
+            ("\"network-interfaces\"", !fc.network_interfaces.is_empty()),
+            ("\"balloon\"", fc.balloon.is_some()),
+            ("\"vsock\"", fc.vsock.is_some()),
+            ("\"logger\"", fc.logger.is_some()),
+            ("\"metrics\"", fc.metrics.is_some()),
+            ("\"mmds-config\"", fc.mmds_config.is_some()),
+            ("\"entropy\"", fc.entropy.is_some()),
+            ("\"cpu-config\"", fc.cpu_config.is_some()),
+        ] {
+            if present {
+                return Err(unsupported(name));
+            }
+        }
+        let mc = fc.machine_config.unwrap_or_default();
+        if mc.smt == Some(true) {
+            return Err(unsupported("machine-config.smt = true"));
+        }
+        if mc.track_dirty_pages == Some(true) {
+            return Err(unsupported("machine-config.track_dirty_pages = true"));
+        }
+        if mc.cpu_template.is_some() {
+            return Err(unsupported("machine-config.cpu_template"));
+        }
+        match mc.huge_pages.as_deref() {
+            None | Some("None") => {}
+            Some(other) => {
+                return Err(unsupported(&format!(
+                    "machine-config.huge_pages = {other:?}"
+                )))
+            }
+        }
+        let vcpus = mc.vcpu_count.unwrap_or(1);
+        let config = VmConfig {
+            kernel: KernelSource::Path(fc.boot_source.kernel_image_path),
+            initrd: fc.boot_source.initrd_path,
+            cmdline: fc.boot_source.boot_args.unwrap_or_default(),
+            mem_mib: mc.mem_size_mib.unwrap_or(default_mem_mib()),
+            vcpus: u8::try_from(vcpus).map_err(|_| ConfigError::BadVcpus(vcpus))?,
+            boot_protocol: None,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Parses a memory size: bare numbers are MiB; K, M, G (and KiB, MiB, GiB) suffixes.
+pub fn parse_mem_size(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let bad = || ConfigError::BadSize(s.to_string());
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let bytes = match unit.to_ascii_lowercase().as_str() {
+        "" | "m" | "mib" | "mb" => n.checked_mul(1 << 20),
+        "k" | "kib" | "kb" => n.checked_mul(1 << 10),
+        "g" | "gib" | "gb" => n.checked_mul(1 << 30),
+        _ => return Err(bad()),
+    }
+    .ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err(ConfigError::ZeroMemory);
+    }
+    if bytes % (1 << 20) != 0 {
+        return Err(ConfigError::NotMib(s.to_string()));
+    }
+    Ok(bytes >> 20)
+}
+
+/// Host RAM in MiB, from /proc/meminfo.
+pub fn host_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirecrackerConfig {
+    #[serde(rename = "boot-source")]
+    boot_source: FcBootSource,
+    #[serde(rename = "machine-config", default)]
+    machine_config: Option<FcMachineConfig>,
+    #[serde(default)]
+    drives: Vec<serde_json::Value>,
+    #[serde(rename = "network-interfaces", default)]
+    network_interfaces: Vec<serde_json::Value>,
+    #[serde(default)]
+    balloon: Option<serde_json::Value>,
+    #[serde(default)]
+    vsock: Option<serde_json::Value>,
+    #[serde(default)]
+    logger: Option<serde_json::Value>,
+    #[serde(default)]
+    metrics: Option<serde_json::Value>,
+    #[serde(rename = "mmds-config", default)]
+    mmds_config: Option<serde_json::Value>,
+    #[serde(default)]
+    entropy: Option<serde_json::Value>,
+    #[serde(rename = "cpu-config", default)]
+    cpu_config: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcBootSource {
+    kernel_image_path: PathBuf,
+    #[serde(default)]
+    initrd_path: Option<PathBuf>,
+    #[serde(default)]
+    boot_args: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FcMachineConfig {
+    #[serde(default)]
+    vcpu_count: Option<u64>,
+    #[serde(default)]
+    mem_size_mib: Option<u64>,
+    #[serde(default)]
+    smt: Option<bool>,
+    #[serde(default)]
+    track_dirty_pages: Option<bool>,
+    #[serde(default)]
+    huge_pages: Option<String>,
+    #[serde(default)]
+    cpu_template: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fc(json: &str) -> Result<VmConfig, ConfigError> {
+        VmConfig::from_firecracker_json(json, Path::new("vm.json"))
+    }
+
+    #[test]
+    fn sizes_parse_in_mib() {
+        assert_eq!(parse_mem_size("64").unwrap(), 64);
+        assert_eq!(parse_mem_size("64M").unwrap(), 64);
+        assert_eq!(parse_mem_size("1G").unwrap(), 1024);
+        assert_eq!(parse_mem_size("2048K").unwrap(), 2);
+        assert_eq!(parse_mem_size("1GiB").unwrap(), 1024);
+        assert!(matches!(parse_mem_size("0"), Err(ConfigError::ZeroMemory)));
+        assert!(matches!(parse_mem_size("0M"), Err(ConfigError::ZeroMemory)));
+        assert!(matches!(
+            parse_mem_size("512K"),
+            Err(ConfigError::NotMib(_))
+        ));
+        assert!(matches!(
+            parse_mem_size("lots"),
+            Err(ConfigError::BadSize(_))
+        ));
+        assert!(matches!(
+            parse_mem_size("12X"),
+            Err(ConfigError::BadSize(_))
+        ));
+        assert!(matches!(
+            parse_mem_size("99999999999999999G"),
+            Err(ConfigError::BadSize(_))
+        ));
+    }
+
+    #[test]
+    fn firecracker_config_maps_to_vm_config() {
+        let c = fc(r#"{
+            "boot-source": {"kernel_image_path": "/k", "initrd_path": "/i", "boot_args": "console=ttyS0"},
+            "machine-config": {"vcpu_count": 2, "mem_size_mib": 128, "smt": false, "huge_pages": "None"},
+            "drives": [], "network-interfaces": []
+        }"#)
+        .unwrap();
+        assert_eq!(c.kernel, KernelSource::Path("/k".into()));
+        assert_eq!(c.initrd, Some(PathBuf::from("/i")));
+        assert_eq!(c.cmdline, "console=ttyS0");
+        assert_eq!((c.vcpus, c.mem_mib), (2, 128));
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_naming_the_field() {
+        let e =
+            fc(r#"{"boot-source": {"kernel_image_path": "/k", "kernel_args": "x"}}"#).unwrap_err();
+        assert!(e.to_string().contains("kernel_args"), "{e}");
+        let e = fc(r#"{"boot-source": {"kernel_image_path": "/k"}, "machine": {}}"#).unwrap_err();
+        assert!(e.to_string().contains("machine"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_sections_are_named() {
+        let e =
+            fc(r#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a"}]}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("drives"), "{e}");
+        let e = fc(r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"mem_size_mib": 0}}"#)
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::ZeroMemory));
+        let e = fc(r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 300}}"#)
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::BadVcpus(300)));
+    }
+
+    #[test]
+    fn native_config_round_trips_through_json() {
+        let c = VmConfig {
+            kernel: KernelSource::Path("/k".into()),
+            cmdline: "a b".into(),
+            boot_protocol: Some(BootProtocol::Pvh),
+            ..VmConfig::default()
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), c);
+    }
+}

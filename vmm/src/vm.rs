@@ -1,0 +1,588 @@
+//! Building and running one VM: `Vm::new` checks the inputs and creates everything,
+//! `Vm::start` runs the vCPUs and returns a `VmHandle` to wait for, pause, resume or stop it.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use devices::{Bus, ExitSink};
+use images::{BootProtocol, ImageFormat, ImageKind, KernelImage};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use serde::Serialize;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::{cpu, cpuid, layout, loader, mptable};
+use crate::config::{ConfigError, KernelSource, VmConfig};
+use crate::exit::ExitReason;
+use crate::state::{CountersReport, Shared, VmState};
+use crate::timings::{BootTimings, Phase, TimingsReport};
+use crate::vcpu::{install_kick_handler, VcpuThread};
+
+/// Address KVM uses for its TSS on Intel (three pages below the BIOS area).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// ISA IRQ of COM1.
+const SERIAL_IRQ: u32 = 4;
+
+/// Everything that can stop a VM from being built.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Bad configuration values.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The kernel image or initrd could not be used.
+    #[error(transparent)]
+    Image(#[from] images::ImageError),
+    /// The initrd path does not exist or cannot be read.
+    #[error("cannot read initrd {path}: {source}")]
+    Initrd {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// /dev/kvm is missing or not accessible.
+    #[error("{0}")]
+    KvmUnavailable(String),
+    /// A KVM ioctl failed while building the VM.
+    #[error("KVM refused to {what}: {source}")]
+    Kvm {
+        /// What we were doing.
+        what: &'static str,
+        /// The ioctl error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] numa::MemoryError),
+    /// Loading the kernel failed.
+    #[error(transparent)]
+    Load(#[from] loader::LoadError),
+    /// vCPU setup failed.
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuSetupError),
+    /// CPUID table could not be built.
+    #[error(transparent)]
+    Cpuid(#[from] cpuid::CpuidError),
+    /// MP table could not be written.
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    /// A device could not be created or placed.
+    #[error("could not set up the {what} device: {detail}")]
+    Device {
+        /// Which device.
+        what: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A thread could not be started.
+    #[error("could not start a vCPU thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What was booted, for reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootSummary {
+    /// The image file, or "builtin probe".
+    pub image: String,
+    /// Its format.
+    pub format: String,
+    /// What kind of kernel it looks like.
+    pub kind: String,
+    /// Protocol used.
+    pub protocol: String,
+    /// Entry point.
+    pub entry: u64,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// vCPU count.
+    pub vcpus: u8,
+}
+
+/// The result of a VM's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitReport {
+    /// Why it ended.
+    pub exit: ExitReason,
+    /// The process exit code that stands for it.
+    pub exit_code: i32,
+    /// One-line description.
+    pub message: String,
+    /// Boot phases.
+    pub timings: TimingsReport,
+    /// What was booted.
+    pub boot: BootSummary,
+    /// VM-wide counters.
+    pub counters: CountersReport,
+    /// Per-device counters.
+    pub devices: BTreeMap<&'static str, DeviceCountersReport>,
+    /// Bytes the guest wrote to its serial port.
+    pub serial_bytes: u64,
+}
+
+/// A built VM, not yet running.
+pub struct Vm {
+    shared: Arc<Shared>,
+    vcpus: Vec<VcpuThread>,
+    vm_fd: VmFd,
+    _kvm: Kvm,
+    serial: Arc<Mutex<devices::Serial>>,
+    device_counters: devices::LegacyCounters,
+    boot_timer: Arc<devices::BootTimerStamp>,
+    summary: BootSummary,
+}
+
+/// Reads and identifies the kernel the config names.
+fn read_kernel(config: &VmConfig) -> Result<(KernelImage, String), VmError> {
+    Ok(match &config.kernel {
+        KernelSource::BuiltinProbe => (
+            KernelImage::from_bytes(firmware::PROBE_LINUX64.to_vec())?,
+            "builtin probe".to_string(),
+        ),
+        KernelSource::Path(p) => (KernelImage::from_file(p)?, p.display().to_string()),
+    })
+}
+
+fn read_initrd(path: &Option<PathBuf>) -> Result<Option<Vec<u8>>, VmError> {
+    path.as_ref()
+        .map(|p| images::read_initrd(p).map_err(VmError::from))
+        .transpose()
+}
+
+fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|e| {
+        VmError::KvmUnavailable(match e.errno() {
+            libc::ENOENT => "/dev/kvm does not exist: this host has no KVM (load kvm_intel or kvm_amd, or run on a host that has it)".into(),
+            libc::EACCES | libc::EPERM => "no permission to open /dev/kvm: run as root or add your user to the kvm group".into(),
+            _ => format!("cannot open /dev/kvm: {e}"),
+        })
+    })
+}
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn create_memory(vm_fd: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, VmError> {
+    let mem_bytes = mem_mib << 20;
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_bytes)
+        .into_iter()
+        .map(|(start, size)| (GuestAddress(start), size as usize))
+        .collect();
+    let mem = numa::GuestMemoryBacking::Anonymous.map(&ranges)?;
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the VM keeps (through
+        // its vCPU threads) for as long as the VM fd exists.
+        unsafe { vm_fd.set_user_memory_region(region_desc) }
+            .map_err(kvm_err("register guest memory"))?;
+    }
+    Ok(mem)
+}
+
+/// Stamps the first serial byte, then forwards to the real console.
+struct ConsoleWriter {
+    inner: Box<dyn Write + Send>,
+    shared: Arc<Shared>,
+    first: bool,
+}
+
+impl Write for ConsoleWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.first && !buf.is_empty() {
+            self.shared.timings.stamp(Phase::FirstSerialByte);
+            self.first = false;
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn host_tsc_khz(vcpu: &kvm_ioctls::VcpuFd) -> u32 {
+    if let Ok(khz) = vcpu.get_tsc_khz() {
+        if khz > 0 {
+            return khz;
+        }
+    }
+    // Fall back to what the host kernel measured.
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map(|mhz| (mhz * 1000.0) as u32)
+        .unwrap_or(1_000_000)
+}
+
+impl Vm {
+    /// Checks the inputs, then creates the VM, its memory, devices and vCPUs, with the guest
+    /// loaded. `console` receives the guest's serial output. Nothing outlives an error.
+    pub fn new(
+        config: &VmConfig,
+        console: Box<dyn Write + Send>,
+        start: Instant,
+    ) -> Result<Vm, VmError> {
+        config.validate()?;
+        let (image, image_name) = read_kernel(config)?;
+        let protocol = config.boot_protocol.unwrap_or(image.default_protocol());
+        // Asking for the plan validates the protocol before any KVM object exists.
+        image.plan(protocol)?;
+        let initrd = read_initrd(&config.initrd)?;
+
+        let shared = Arc::new(Shared::new(config.vcpus as usize, BootTimings::new(start)));
+        let kvm = open_kvm()?;
+        let vm_fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("set the TSS address"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("create the in-kernel interrupt controllers"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd
+            .create_pit2(pit)
+            .map_err(kvm_err("create the in-kernel PIT"))?;
+        let mem = create_memory(&vm_fd, config.mem_mib)?;
+        shared.timings.stamp(Phase::KvmReady);
+
+        let mem_bytes = config.mem_mib << 20;
+        let file_name = Path::new(&image_name)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "kernel".into());
+        let payload = loader::GuestPayload {
+            image: &image,
+            protocol,
+            cmdline: &config.cmdline,
+            initrd: initrd.as_deref(),
+            image_name: &file_name,
+        };
+        let boot = loader::load(&mem, mem_bytes, &payload)?;
+        cpu::write_boot_tables(&mem)?;
+        mptable::write(&mem, config.vcpus)?;
+
+        let devices = build_devices(&vm_fd, &shared, console)?;
+        let pio = Arc::new(devices.pio);
+        let mmio = Arc::new(Bus::new());
+
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("report its supported CPUID"))?;
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for id in 0..config.vcpus {
+            let fd = vm_fd
+                .create_vcpu(id as u64)
+                .map_err(kvm_err("create a vCPU"))?;
+            let table = cpuid::patch(&supported, id, config.vcpus, host_tsc_khz(&fd))?;
+            fd.set_cpuid2(&table)
+                .map_err(kvm_err("set the CPUID table"))?;
+            cpu::setup_vcpu(&fd, id, boot.protocol, boot.entry)?;
+            vcpus.push(VcpuThread {
+                id,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                mem: mem.clone(),
+                shared: shared.clone(),
+            });
+        }
+        shared.timings.stamp(Phase::GuestLoaded);
+        let summary = BootSummary {
+            image: image_name,
+            format: image.format().to_string(),
+            kind: image.kind().to_string(),
+            protocol: boot.protocol.to_string(),
+            entry: boot.entry,
+            mem_mib: config.mem_mib,
+            vcpus: config.vcpus,
+        };
+        Ok(Vm {
+            shared,
+            vcpus,
+            vm_fd,
+            _kvm: kvm,
+            serial: devices.serial,
+            device_counters: devices.counters,
+            boot_timer: devices.boot_timer,
+            summary,
+        })
+    }
+
+    /// What will be booted.
+    pub fn summary(&self) -> &BootSummary {
+        &self.summary
+    }
+
+    /// Starts the vCPU threads.
+    pub fn start(self) -> Result<VmHandle, VmError> {
+        install_kick_handler().map_err(VmError::Thread)?;
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for vcpu in self.vcpus {
+            let name = format!("vcpu{}", vcpu.id);
+            let spawned = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || vcpu.run());
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.shared.finish(ExitReason::Stopped);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(VmError::Thread(e));
+                }
+            }
+        }
+        Ok(VmHandle {
+            shared: self.shared,
+            threads,
+            _vm_fd: self.vm_fd,
+            _kvm: self._kvm,
+            serial: self.serial,
+            device_counters: self.device_counters,
+            boot_timer: self.boot_timer,
+            summary: self.summary,
+        })
+    }
+}
+
+/// The legacy devices and the handles the VMM keeps on them.
+struct Devices {
+    pio: Bus,
+    serial: Arc<Mutex<devices::Serial>>,
+    counters: devices::LegacyCounters,
+    boot_timer: Arc<devices::BootTimerStamp>,
+}
+
+fn build_devices(
+    vm_fd: &VmFd,
+    shared: &Arc<Shared>,
+    console: Box<dyn Write + Send>,
+) -> Result<Devices, VmError> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device {
+        what: "serial",
+        detail: e.to_string(),
+    })?;
+    vm_fd
+        .register_irqfd(&irq, SERIAL_IRQ)
+        .map_err(kvm_err("route the serial interrupt"))?;
+    let writer = ConsoleWriter {
+        inner: console,
+        shared: shared.clone(),
+        first: true,
+    };
+    let sink: Arc<dyn ExitSink> = shared.clone();
+    let boot_timer = Arc::new(devices::BootTimerStamp::new());
+    let legacy = devices::legacy_x86_devices(Box::new(writer), irq, sink, boot_timer.clone())
+        .map_err(|e| VmError::Device {
+            what: "legacy",
+            detail: e.to_string(),
+        })?;
+    Ok(Devices {
+        pio: legacy.bus,
+        serial: legacy.serial,
+        counters: legacy.counters,
+        boot_timer,
+    })
+}
+
+/// Per-device counters as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DeviceCountersReport {
+    /// Guest reads.
+    pub reads: u64,
+    /// Guest writes.
+    pub writes: u64,
+    /// Accesses the device did not serve.
+    pub unknown_accesses: u64,
+    /// Exit requests.
+    pub exits_requested: u64,
+    /// Bytes sent to the host side.
+    pub bytes_out: u64,
+    /// Bytes lost on the host side.
+    pub bytes_lost: u64,
+    /// Bytes queued for the guest.
+    pub bytes_in: u64,
+    /// Interrupts that failed.
+    pub interrupt_errors: u64,
+}
+
+impl From<devices::CounterSnapshot> for DeviceCountersReport {
+    fn from(s: devices::CounterSnapshot) -> Self {
+        DeviceCountersReport {
+            reads: s.reads,
+            writes: s.writes,
+            unknown_accesses: s.unknown_accesses,
+            exits_requested: s.exits_requested,
+            bytes_out: s.bytes_out,
+            bytes_lost: s.bytes_lost,
+            bytes_in: s.bytes_in,
+            interrupt_errors: s.interrupt_errors,
+        }
+    }
+}
+
+fn device_counters(c: &devices::LegacyCounters) -> BTreeMap<&'static str, DeviceCountersReport> {
+    [
+        ("serial", &c.serial),
+        ("i8042", &c.i8042),
+        ("rtc", &c.rtc),
+        ("post", &c.post),
+        ("boot_timer", &c.boot_timer),
+        ("debug_exit", &c.debug_exit),
+        ("pvpanic", &c.pvpanic),
+        ("acpi_pm", &c.acpi_pm),
+    ]
+    .into_iter()
+    .map(|(name, counters)| (name, counters.snapshot().into()))
+    .collect()
+}
+
+/// A running VM.
+pub struct VmHandle {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    _vm_fd: VmFd,
+    _kvm: Kvm,
+    serial: Arc<Mutex<devices::Serial>>,
+    device_counters: devices::LegacyCounters,
+    boot_timer: Arc<devices::BootTimerStamp>,
+    summary: BootSummary,
+}
+
+impl VmHandle {
+    /// Copies the boot-timer device's first stamp into the phase table.
+    fn sync_guest_main(&self) {
+        if let Some(first) = self.boot_timer.first() {
+            self.shared.timings.stamp_at(Phase::GuestMain, first.at);
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> VmState {
+        self.shared.state()
+    }
+
+    /// Parks every vCPU; returns once they are all parked. False if the VM had exited.
+    pub fn pause(&self) -> bool {
+        self.shared.pause()
+    }
+
+    /// Lets the vCPUs run again. False if the VM had exited.
+    pub fn resume(&self) -> bool {
+        self.shared.resume()
+    }
+
+    /// Stops the VM (reason `stopped`); `wait` then returns promptly.
+    pub fn stop(&self) {
+        self.shared.finish(ExitReason::Stopped);
+    }
+
+    /// Boot phases so far.
+    pub fn timings(&self) -> TimingsReport {
+        self.sync_guest_main();
+        self.shared.timings.snapshot()
+    }
+
+    /// A cloneable sender for the guest's serial input, usable from another thread.
+    pub fn serial_sender(&self) -> SerialInput {
+        SerialInput {
+            serial: self.serial.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A cloneable way to stop the VM from another thread (e.g. a signal handler thread).
+    pub fn stopper(&self) -> VmStopper {
+        VmStopper(self.shared.clone())
+    }
+
+    /// Waits for the VM to end, joins its threads and reports.
+    pub fn wait(self) -> ExitReport {
+        let exit = self.shared.wait_exit();
+        self.sync_guest_main();
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let devices = device_counters(&self.device_counters);
+        let serial_bytes = devices.get("serial").map(|c| c.bytes_out).unwrap_or(0);
+        ExitReport {
+            exit_code: exit.exit_code(),
+            message: exit.to_string(),
+            exit,
+            timings: self.shared.timings.snapshot(),
+            boot: self.summary,
+            counters: self.shared.counters.snapshot(),
+            devices,
+            serial_bytes,
+        }
+    }
+}
+
+/// Feeds the guest's serial input.
+#[derive(Clone)]
+pub struct SerialInput {
+    serial: Arc<Mutex<devices::Serial>>,
+    shared: Arc<Shared>,
+}
+
+impl SerialInput {
+    /// Queues `bytes` for the guest, waiting while its receive FIFO is full; false once
+    /// the VM has exited.
+    pub fn send(&self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if matches!(self.shared.state(), VmState::Exited(_)) {
+                return false;
+            }
+            let queued = match self.serial.lock() {
+                Ok(mut serial) => match serial.enqueue_input(bytes) {
+                    Ok(n) => n,
+                    Err(devices::SerialError::Interrupt { queued, .. }) => queued,
+                },
+                Err(_) => return false,
+            };
+            bytes = &bytes[queued..];
+            if queued == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        true
+    }
+}
+
+/// Stops a VM from anywhere.
+#[derive(Clone)]
+pub struct VmStopper(Arc<Shared>);
+
+impl VmStopper {
+    /// Ends the VM with reason `stopped`.
+    pub fn stop(&self) {
+        self.0.finish(ExitReason::Stopped);
+    }
+}
+
+/// Format and kind of an image, without booting it.
+pub fn inspect(path: &Path) -> Result<(ImageFormat, ImageKind, Vec<BootProtocol>), VmError> {
+    let image = KernelImage::from_file(path)?;
+    Ok((image.format(), image.kind(), image.protocols().to_vec()))
+}
