@@ -272,3 +272,33 @@ fn no_permission_on_dev_kvm_is_explained() {
         show(&o)
     );
 }
+
+#[test]
+fn an_instruction_kvm_cannot_run_is_reported_with_rip_and_bytes() {
+    // out 'A' to COM1; pxor xmm0,xmm0; out 'B'; ACPI poweroff.
+    let code = [
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'A', 0xee, // mov al, 'A'; out dx, al
+        0x66, 0x0f, 0xef, 0xc0, // pxor xmm0, xmm0
+        0xb0, b'B', 0xee, // mov al, 'B'; out dx, al
+        0x66, 0xb8, 0x00, 0x20, // mov ax, 0x2000
+        0x66, 0xba, 0x04, 0x06, // mov dx, 0x604
+        0x66, 0xef, // out dx, ax
+    ];
+    let dir = Scratch::new("sse");
+    let kernel = dir.file("sse.elf", &elf64_with_code(0x10_0000, &code));
+    let o = run_kernel(&kernel, &[]);
+    if host_has_vmx_or_svm() {
+        // A complete CPU runs it: both bytes, then poweroff.
+        assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+        assert_eq!(stdout(&o), "AB");
+    } else {
+        // This host's PVM KVM emulates guest code and stops at the SSE instruction.
+        assert_eq!(o.status.code(), Some(6), "{}", show(&o));
+        assert_eq!(stdout(&o), "A");
+        let err = stderr(&o);
+        assert!(err.contains("at RIP 0x100007"), "{err}");
+        assert!(err.contains("instruction bytes [66 0f ef c0"), "{err}");
+        assert!(err.contains("no VMX/SVM"), "{err}");
+    }
+}

@@ -80,3 +80,45 @@ pub fn fnv1a(bytes: &[u8]) -> u32 {
         (h ^ *b as u32).wrapping_mul(0x0100_0193)
     })
 }
+
+/// A minimal ELF64 executable with one PT_LOAD of `code` at `addr`, entry at its start.
+pub fn elf64_with_code(addr: u64, code: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let off = (EHDR + PHDR) as u64;
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF");
+    f.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little-endian, version 1, SysV
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&addr.to_le_bytes()); // e_entry
+    f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    f.extend_from_slice(&(EHDR as u16).to_le_bytes());
+    f.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
+    f.extend_from_slice(&off.to_le_bytes()); // p_offset
+    f.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
+    f.extend_from_slice(&addr.to_le_bytes()); // p_paddr
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&0x1000u64.to_le_bytes());
+    f.extend_from_slice(code);
+    f
+}
+
+/// Whether the host CPU has VMX or SVM.
+pub fn host_has_vmx_or_svm() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|w| w == "vmx" || w == "svm")
+}
