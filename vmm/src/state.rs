@@ -101,6 +101,11 @@ impl Shared {
         }
     }
 
+    /// Number of vCPUs.
+    pub fn vcpu_count(&self) -> usize {
+        self.vcpu_count
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panicking vCPU thread aborts the process (panic = "abort" in release); in debug
         // builds keep going with the data as it was.

@@ -96,7 +96,7 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, MpTableError> {
 pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), MpTableError> {
     let bytes = build(cpus)?;
     debug_assert!(MPTABLE_START + bytes.len() as u64 <= HIGH_MEMORY_START);
-    debug_assert!(MPTABLE_START >= EBDA_START);
+    const { assert!(MPTABLE_START >= EBDA_START) };
     mem.write_slice(&bytes, GuestAddress(MPTABLE_START))
         .map_err(MpTableError::GuestMemory)
 }
