@@ -2,13 +2,14 @@
 //! QEMU microvm interleaved run by run.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::BenchError;
 use crate::locate;
-use crate::measure::{measure, own_peak_rss_kib, RunOutcome};
+use crate::measure::{measure, own_anon_rss_kib, RunOutcome};
 use crate::report::{BootReport, Figure, RunFailure, SystemResult};
 use crate::systems::{edgevisor_argv, qemu_argv, Guest, GuestFile, System, EXPECTED_EXIT_CODE};
 
@@ -41,7 +42,7 @@ pub fn systems(only: Option<System>) -> Vec<System> {
 
 /// Interleaved order: `rounds` rounds, each running every system once (A B A B ...).
 /// Each entry is the 1-based round and the system.
-pub fn schedule(systems: &[System], rounds: usize) -> Vec<(usize, System)> {
+pub fn schedule<T: Copy>(systems: &[T], rounds: usize) -> Vec<(usize, T)> {
     (1..=rounds)
         .flat_map(|round| systems.iter().map(move |&system| (round, system)))
         .collect()
@@ -98,7 +99,8 @@ struct Samples {
 
 impl Samples {
     fn record(&mut self, outcome: &RunOutcome) {
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        // Microsecond resolution: finer digits are noise and clutter the JSON.
+        let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
         if let Some(first) = outcome.first_output {
             self.first_output_ms.push(ms(first));
         }
@@ -112,6 +114,65 @@ struct Contender {
     system: System,
     argv: Vec<OsString>,
     samples: Samples,
+}
+
+/// Which run this is, as progress lines and failures name it.
+struct RunLabel {
+    system: System,
+    warmup: bool,
+    round: usize,
+    rounds: usize,
+}
+
+impl fmt::Display for RunLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.warmup { "warm-up run" } else { "run" };
+        write!(f, "{} {kind} {}/{}", self.system, self.round, self.rounds)
+    }
+}
+
+impl Contender {
+    /// Runs the system once and checks the run; a failure marks it failed for good.
+    fn run_once(
+        &mut self,
+        label: &RunLabel,
+        options: &BootOptions,
+        progress: &mut dyn Write,
+    ) -> Result<(), RunFailure> {
+        let checked = measure(&self.argv, options.timeout)
+            .map_err(|e| e.to_string())
+            .and_then(|outcome| check_run(&outcome, options.guest).map(|()| outcome));
+        match checked {
+            Ok(outcome) => {
+                let _ = writeln!(progress, "{label}: {}", describe(&outcome));
+                if !label.warmup {
+                    self.samples.record(&outcome);
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                let _ = writeln!(progress, "{label} FAILED: {reason}; no more runs of it");
+                self.samples.failed = true;
+                Err(RunFailure {
+                    system: self.system,
+                    warmup: label.warmup,
+                    run: label.round,
+                    reason,
+                })
+            }
+        }
+    }
+}
+
+/// One run's figures for a progress line.
+fn describe(outcome: &RunOutcome) -> String {
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+    format!(
+        "first output {}, exit {}, peak RSS {:.1} MiB",
+        outcome.first_output.map_or_else(|| "-".to_string(), ms),
+        ms(outcome.exit),
+        outcome.peak_rss_kib as f64 / 1024.0
+    )
 }
 
 /// Runs the benchmark; progress lines go to `progress`. Run failures are in the
@@ -137,50 +198,24 @@ pub fn run_boot(options: &BootOptions, progress: &mut dyn Write) -> Result<BootR
     }
 
     let mut failures = Vec::new();
+    let mut rss_floor_kib = None;
     let phases = [(true, options.warmup), (false, options.runs)];
     for (warmup, rounds) in phases {
-        for (round, index) in schedule(&(0..contenders.len()).collect::<Vec<_>>(), rounds)
-            .into_iter()
-            .map(|(round, i)| (round, i))
-        {
+        let indices: Vec<usize> = (0..contenders.len()).collect();
+        for (round, index) in schedule(&indices, rounds) {
             let contender = &mut contenders[index];
             if contender.samples.failed {
                 continue;
             }
-            let kind = if warmup { "warm-up run" } else { "run" };
-            let checked = measure(&contender.argv, options.timeout)
-                .map_err(|e| e.to_string())
-                .and_then(|outcome| check_run(&outcome, options.guest).map(|()| outcome));
-            match checked {
-                Ok(outcome) => {
-                    let _ = writeln!(
-                        progress,
-                        "{} {kind} {round}/{rounds}: first output {}, exit {:.2} ms, peak RSS {:.1} MiB",
-                        contender.system,
-                        outcome
-                            .first_output
-                            .map_or("-".to_string(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3)),
-                        outcome.exit.as_secs_f64() * 1e3,
-                        outcome.peak_rss_kib as f64 / 1024.0
-                    );
-                    if !warmup {
-                        contender.samples.record(&outcome);
-                    }
-                }
-                Err(reason) => {
-                    let _ = writeln!(
-                        progress,
-                        "{} {kind} {round}/{rounds} FAILED: {reason}; no more runs of it",
-                        contender.system
-                    );
-                    contender.samples.failed = true;
-                    failures.push(RunFailure {
-                        system: contender.system,
-                        warmup,
-                        run: round,
-                        reason,
-                    });
-                }
+            let label = RunLabel {
+                system: contender.system,
+                warmup,
+                round,
+                rounds,
+            };
+            rss_floor_kib = rss_floor_kib.max(own_anon_rss_kib());
+            if let Err(failure) = contender.run_once(&label, options, progress) {
+                failures.push(failure);
             }
         }
     }
@@ -190,7 +225,7 @@ pub fn run_boot(options: &BootOptions, progress: &mut dyn Write) -> Result<BootR
         runs_per_system: options.runs,
         warmup_runs: options.warmup,
         qemu_version,
-        bench_peak_rss_kib: own_peak_rss_kib(),
+        rss_floor_kib,
         systems: contenders.into_iter().map(result_of).collect(),
         ratios_edgevisor_over_qemu: None,
         failures,
@@ -271,23 +306,30 @@ mod tests {
     #[test]
     fn wrong_exit_code_fails_and_shows_the_output_tail() {
         let out = "probe: x\nPROBE FAIL protocol=pvh check=rtc uip stuck\n";
-        let reason = check_run(&outcome(3, out, "warn: a\nwarn: b\n"), Guest::Pvh)
-            .expect_err("exit code 3");
+        let reason =
+            check_run(&outcome(3, out, "warn: a\nwarn: b\n"), Guest::Pvh).expect_err("exit code 3");
         assert!(reason.contains("expected exit code 1"), "{reason}");
-        assert!(reason.contains("PROBE FAIL protocol=pvh check=rtc"), "{reason}");
+        assert!(
+            reason.contains("PROBE FAIL protocol=pvh check=rtc"),
+            "{reason}"
+        );
         assert!(reason.contains("warn: a | warn: b"), "{reason}");
     }
 
     #[test]
     fn missing_pass_line_fails_even_with_the_right_code() {
-        let reason = check_run(&outcome(1, "probe: protocol=pvh\n", ""), Guest::Pvh)
-            .expect_err("no PASS");
-        assert!(reason.contains("lacks the line `PROBE PASS protocol=pvh`"), "{reason}");
+        let reason =
+            check_run(&outcome(1, "probe: protocol=pvh\n", ""), Guest::Pvh).expect_err("no PASS");
+        assert!(
+            reason.contains("lacks the line `PROBE PASS protocol=pvh`"),
+            "{reason}"
+        );
     }
 
     #[test]
     fn pass_for_another_protocol_does_not_count() {
-        let reason = check_run(&outcome(1, PASS, ""), Guest::Multiboot).expect_err("pvh != multiboot");
+        let reason =
+            check_run(&outcome(1, PASS, ""), Guest::Multiboot).expect_err("pvh != multiboot");
         assert!(reason.contains("PROBE PASS protocol=multiboot"), "{reason}");
     }
 
@@ -310,25 +352,93 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_system_is_reported_and_the_other_keeps_running() {
-        // `/bin/false` stands in for a VMM whose guest fails: exit code 1 but no PASS line.
+    fn a_failing_system_stops_and_the_other_keeps_running() {
+        // `/bin/false` stands in for a VMM whose guest fails (exit code 1, no PASS line);
+        // a script stands in for a QEMU whose guest passes.
+        let dir = std::env::temp_dir().join(format!("edgevisor-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let fake_qemu = dir.join("fake-qemu");
+        std::fs::write(
+            &fake_qemu,
+            "#!/bin/sh\necho 'PROBE PASS protocol=pvh'\nexit 1\n",
+        )
+        .expect("write script");
+        std::fs::set_permissions(
+            &fake_qemu,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
         let options = BootOptions {
-            runs: 2,
-            warmup: 0,
+            runs: 3,
+            warmup: 1,
             guest: Guest::Pvh,
-            only: Some(System::Edgevisor),
+            only: None,
             edgevisor: Some(PathBuf::from("/bin/false")),
-            qemu: PathBuf::from("qemu-system-x86_64"),
+            qemu: fake_qemu,
             timeout: Duration::from_secs(10),
         };
         let mut progress = Vec::new();
-        let report = run_boot(&options, &mut progress).expect("setup works");
-        assert_eq!(report.failures.len(), 1, "stops after the first failure");
-        assert_eq!(report.failures[0].system, System::Edgevisor);
-        assert!(report.failures[0].reason.contains("lacks the line"));
-        let result = report.system(System::Edgevisor).expect("listed");
-        assert_eq!(result.runs_passed, 0);
-        assert_eq!(result.command[1], "run");
-        assert!(String::from_utf8_lossy(&progress).contains("FAILED"));
+        let report = run_boot(&options, &mut progress);
+        let _ = std::fs::remove_dir_all(&dir);
+        let report = report.expect("setup works");
+
+        assert_eq!(
+            report.failures.len(),
+            1,
+            "edgevisor stops after its first failure"
+        );
+        let failure = &report.failures[0];
+        assert_eq!(
+            (failure.system, failure.warmup, failure.run),
+            (System::Edgevisor, true, 1)
+        );
+        assert!(
+            failure.reason.contains("lacks the line"),
+            "{}",
+            failure.reason
+        );
+        let edgevisor = report.system(System::Edgevisor).expect("listed");
+        assert_eq!(edgevisor.runs_passed, 0);
+        assert_eq!(edgevisor.exit_ms.median, None);
+        let qemu = report.system(System::Qemu).expect("listed");
+        assert_eq!(qemu.runs_passed, 3);
+        assert_eq!(qemu.first_output_ms.samples.len(), 3);
+        assert!(qemu.command.iter().any(|a| a.ends_with("probe-pvh.elf")));
+        let ratios = report.ratios_edgevisor_over_qemu.expect("both took part");
+        assert_eq!(ratios.exit, None);
+        let progress = String::from_utf8_lossy(&progress);
+        assert!(
+            progress.contains("edgevisor warm-up run 1/1 FAILED"),
+            "{progress}"
+        );
+        assert!(progress.contains("qemu-microvm run 3/3:"), "{progress}");
+    }
+
+    #[test]
+    #[ignore = "boots the probe in QEMU on /dev/kvm: cargo test -p benches -- --ignored"]
+    fn qemu_boots_the_probe_for_real() {
+        for guest in [Guest::Pvh, Guest::Multiboot] {
+            let options = BootOptions {
+                runs: 2,
+                warmup: 0,
+                guest,
+                only: Some(System::Qemu),
+                edgevisor: None,
+                qemu: PathBuf::from("qemu-system-x86_64"),
+                timeout: Duration::from_secs(20),
+            };
+            let report = run_boot(&options, &mut std::io::sink()).expect("QEMU is installed");
+            assert_eq!(report.failures, [], "{guest:?}");
+            let qemu = report.system(System::Qemu).expect("ran");
+            assert_eq!(qemu.runs_passed, 2);
+            let first = qemu.first_output_ms.median.expect("output");
+            let exit = qemu.exit_ms.median.expect("exited");
+            assert!(
+                first > 0.0 && first < exit,
+                "first {first} ms, exit {exit} ms"
+            );
+            assert!(qemu.peak_rss_kib.median.is_some_and(|kib| kib > 1024.0));
+            assert!(report.qemu_version.is_some_and(|v| v.contains("QEMU")));
+        }
     }
 }

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// The temporary directory for the guest images could not be made.
-    #[error("could not create the temporary directory {path}: {source}; check that TMPDIR is writable")]
+    #[error(
+        "could not create the temporary directory {path}: {source}; check that TMPDIR is writable"
+    )]
     TempDir {
         /// The directory we tried to create.
         path: PathBuf,
@@ -65,7 +67,9 @@ pub enum BenchError {
         workspace: PathBuf,
     },
     /// The given or built edgevisor binary does not exist.
-    #[error("the edgevisor binary {path} does not exist; build it or pass another --edgevisor PATH")]
+    #[error(
+        "the edgevisor binary {path} does not exist; build it or pass another --edgevisor PATH"
+    )]
     MissingEdgevisor {
         /// The path that was given or reported.
         path: PathBuf,

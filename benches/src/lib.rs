@@ -1,1 +1,18 @@
-//! benches crate of edgevisor (being built).
+//! edgevisor's whole-process benchmarks, run side by side with a peer VMM.
+//!
+//! `edgevisor-bench boot` boots the firmware probe with edgevisor and with QEMU's
+//! microvm machine, interleaved, and reports time to first serial output, time to
+//! exit and peak RSS, with the edgevisor/QEMU ratio of the medians.
+
+pub mod boot;
+pub mod error;
+pub mod locate;
+pub mod measure;
+pub mod report;
+pub mod stats;
+pub mod systems;
+
+pub use boot::{run_boot, BootOptions};
+pub use error::BenchError;
+pub use report::{render_table, BootReport};
+pub use systems::{Guest, System};

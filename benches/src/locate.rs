@@ -50,6 +50,7 @@ pub fn build_edgevisor(workspace: &Path) -> Result<PathBuf, BenchError> {
 pub fn executable_from_cargo_json(messages: &str) -> Option<PathBuf> {
     messages
         .lines()
+        .rev()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|m| m["reason"] == "compiler-artifact")
         .filter(|m| m["target"]["name"] == "edgevisor")
@@ -58,8 +59,7 @@ pub fn executable_from_cargo_json(messages: &str) -> Option<PathBuf> {
                 .as_array()
                 .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"))
         })
-        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .last()
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
 /// First line of `qemu --version`; fails when QEMU cannot be started.
@@ -86,10 +86,12 @@ mod tests {
 not json at all
 {"reason":"compiler-artifact","target":{"name":"edgevisor","kind":["bin"]},"executable":"/t/release/edgevisor"}
 {"reason":"compiler-artifact","target":{"name":"edgevisor-agent","kind":["bin"]},"executable":"/t/release/edgevisor-agent"}
+{"reason":"compiler-artifact","target":{"name":"edgevisor","kind":["bin"]},"executable":"/t/release/deps/../edgevisor"}
 {"reason":"build-finished","success":true}"#;
         assert_eq!(
             executable_from_cargo_json(messages),
-            Some(PathBuf::from("/t/release/edgevisor"))
+            Some(PathBuf::from("/t/release/deps/../edgevisor")),
+            "the last message for the bin wins"
         );
     }
 

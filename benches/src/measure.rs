@@ -7,13 +7,16 @@
 //! watchdog can never signal a recycled pid; `wait4` then reaps it and yields
 //! `ru_maxrss`.
 //!
-//! Linux carries the spawning process's own peak RSS into the child's `ru_maxrss`
-//! (exec records the replaced address space's high-water mark), so a child can never
-//! show less than the bench itself: see [`own_peak_rss_kib`].
+//! The child is started with fork + exec, not `posix_spawn`: exec records the
+//! high-water mark of the address space it replaces in the child's `ru_maxrss`, and
+//! with `posix_spawn` (vfork) that address space is the bench's own, so every child
+//! would show at least the bench's peak RSS. A forked copy starts its high-water mark
+//! afresh but holds the bench's anonymous pages, so a child never shows less than the
+//! bench's anonymous RSS at fork time: see [`own_anon_rss_kib`].
 
 use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
@@ -59,14 +62,19 @@ pub fn measure(argv: &[OsString], timeout: Duration) -> Result<RunOutcome, Bench
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // SAFETY: the hook runs in the forked child before exec and does nothing, so it is
+    // async-signal-safe; it is there only to make std fork instead of posix_spawn.
+    unsafe {
+        command.pre_exec(|| Ok(()));
+    }
 
     let start = Instant::now();
     let mut child = command.spawn().map_err(|source| BenchError::Spawn {
         program: name.clone(),
         source,
     })?;
-    let stdout = child.stdout.take().map(|pipe| spawn_reader(pipe));
-    let stderr = child.stderr.take().map(|pipe| spawn_reader(pipe));
+    let stdout = child.stdout.take().map(spawn_reader);
+    let stderr = child.stderr.take().map(spawn_reader);
     let pid = match libc::pid_t::try_from(child.id()) {
         Ok(pid) => pid,
         Err(_) => {
@@ -129,16 +137,18 @@ pub fn measure(argv: &[OsString], timeout: Duration) -> Result<RunOutcome, Bench
     })
 }
 
-/// The bench process's own peak RSS, KiB: the floor under every child's `ru_maxrss`.
-pub fn own_peak_rss_kib() -> u64 {
-    // SAFETY: `rusage` is plain old data, valid when all zero.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes one `rusage` into the valid, exclusive pointer it gets.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    if rc != 0 {
-        return 0;
-    }
-    u64::try_from(usage.ru_maxrss).unwrap_or(0)
+/// The bench process's anonymous resident memory, KiB (`RssAnon` in
+/// /proc/self/status): the floor under the `ru_maxrss` of a child it forks now.
+/// `None` when /proc cannot tell.
+pub fn own_anon_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_rss_anon_kib(&status)
+}
+
+fn parse_rss_anon_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let value = line.trim_start_matches("RssAnon:").trim();
+    value.strip_suffix("kB")?.trim().parse().ok()
 }
 
 fn spawn_reader<R: Read + Send + 'static>(mut pipe: R) -> JoinHandle<Captured> {
@@ -183,14 +193,7 @@ fn wait_for_exit(pid: libc::pid_t) -> io::Result<()> {
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid writes one `siginfo_t` into the valid, exclusive pointer it gets;
         // WNOWAIT leaves the child waitable.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                id,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
+        let rc = unsafe { libc::waitid(libc::P_PID, id, &mut info, libc::WEXITED | libc::WNOWAIT) };
         if rc == 0 {
             return Ok(());
         }
@@ -224,6 +227,10 @@ fn reap(pid: libc::pid_t) -> io::Result<(ExitStatus, libc::rusage)> {
 mod tests {
     use super::*;
 
+    /// Held by tests that hold much memory or judge a child's RSS, so that no child is
+    /// forked while another test holds a large allocation.
+    static RSS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn sh(script: &str) -> Vec<OsString> {
         vec!["/bin/sh".into(), "-c".into(), script.into()]
     }
@@ -240,7 +247,10 @@ mod tests {
         assert_eq!(outcome.stdout, b"PROBE PASS\n");
         assert_eq!(outcome.stderr, b"oops\n");
         let first = outcome.first_output.expect("wrote on stdout");
-        assert!(first >= Duration::from_millis(50), "first byte at {first:?}");
+        assert!(
+            first >= Duration::from_millis(50),
+            "first byte at {first:?}"
+        );
         assert!(
             outcome.exit >= first + Duration::from_millis(100),
             "exit at {:?}, first byte at {first:?}",
@@ -258,6 +268,7 @@ mod tests {
 
     #[test]
     fn peak_rss_sees_a_child_that_grows() {
+        let _lock = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         // Keep ~64 MiB of a string resident in the shell for a moment.
         let big = measure(
             &sh("x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}"),
@@ -291,11 +302,32 @@ mod tests {
         )
         .expect_err("cannot start");
         assert!(matches!(err, BenchError::Spawn { .. }), "{err:?}");
-        assert!(err.to_string().contains("/nonexistent/edgevisor-bench-test"));
+        assert!(err
+            .to_string()
+            .contains("/nonexistent/edgevisor-bench-test"));
     }
 
     #[test]
-    fn own_peak_rss_is_reported() {
-        assert!(own_peak_rss_kib() > 0);
+    fn own_anon_rss_is_read_from_proc() {
+        assert!(own_anon_rss_kib().is_some_and(|kib| kib > 0));
+        let status = "Name:\tx\nRssAnon:\t    1234 kB\nRssFile:\t 99 kB\n";
+        assert_eq!(parse_rss_anon_kib(status), Some(1234));
+        assert_eq!(parse_rss_anon_kib("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn child_rss_does_not_inherit_the_bench_peak() {
+        // Raise this process's high-water mark far above a shell's size, then free it:
+        // a vfork-based spawn would report at least this peak for the child.
+        let _lock = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let big = vec![1u8; 128 << 20];
+        std::hint::black_box(&big);
+        drop(big);
+        let outcome = measure(&sh("exit 0"), Duration::from_secs(10)).expect("sh runs");
+        assert!(
+            outcome.peak_rss_kib < 64 * 1024,
+            "child shows {} KiB",
+            outcome.peak_rss_kib
+        );
     }
 }

@@ -100,8 +100,9 @@ pub struct BootReport {
     pub warmup_runs: usize,
     /// `qemu-system-x86_64 --version`, when QEMU took part.
     pub qemu_version: Option<String>,
-    /// The bench's own peak RSS, KiB: Linux reports no child below it.
-    pub bench_peak_rss_kib: u64,
+    /// The bench's largest anonymous RSS when it forked a run, KiB: a forked child
+    /// holds those pages until exec, so its `ru_maxrss` is never below this.
+    pub rss_floor_kib: Option<u64>,
     /// One entry per system, in the order they ran.
     pub systems: Vec<SystemResult>,
     /// edgevisor / QEMU, when both ran.
@@ -118,13 +119,11 @@ impl BootReport {
 
     /// Fills `ratios_edgevisor_over_qemu` from the systems' medians.
     pub fn compute_ratios(&mut self) {
-        self.ratios_edgevisor_over_qemu = match (
-            self.system(System::Edgevisor),
-            self.system(System::Qemu),
-        ) {
-            (Some(e), Some(q)) => Some(Ratios::between(e, q)),
-            _ => None,
-        };
+        self.ratios_edgevisor_over_qemu =
+            match (self.system(System::Edgevisor), self.system(System::Qemu)) {
+                (Some(e), Some(q)) => Some(Ratios::between(e, q)),
+                _ => None,
+            };
     }
 }
 
@@ -165,14 +164,31 @@ pub fn render_table(report: &BootReport) -> String {
     type Pick = fn(&SystemResult) -> &Figure;
     type PickRatio = fn(&Ratios) -> Option<f64>;
     let rows: [(&str, Pick, f64, usize, PickRatio); 3] = [
-        ("first output (ms)", |s| &s.first_output_ms, 1.0, 2, |r| r.first_output),
+        (
+            "first output (ms)",
+            |s| &s.first_output_ms,
+            1.0,
+            2,
+            |r| r.first_output,
+        ),
         ("exit (ms)", |s| &s.exit_ms, 1.0, 2, |r| r.exit),
-        ("peak RSS (MiB)", |s| &s.peak_rss_kib, KIB_PER_MIB, 1, |r| r.peak_rss),
+        (
+            "peak RSS (MiB)",
+            |s| &s.peak_rss_kib,
+            KIB_PER_MIB,
+            1,
+            |r| r.peak_rss,
+        ),
     ];
     let mut table = vec![header];
     for (name, pick, scale, decimals, pick_ratio) in rows {
         let mut line = vec![name.to_string()];
-        line.extend(report.systems.iter().map(|s| cell(pick(s), scale, decimals)));
+        line.extend(
+            report
+                .systems
+                .iter()
+                .map(|s| cell(pick(s), scale, decimals)),
+        );
         if let Some(r) = &ratios {
             line.push(ratio_cell(pick_ratio(r)));
         }
@@ -205,11 +221,13 @@ pub fn render_table(report: &BootReport) -> String {
             .collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
-    let _ = writeln!(
-        out,
-        "peak RSS floor: Linux counts the spawning bench's own peak ({:.1} MiB) in every child's",
-        report.bench_peak_rss_kib as f64 / KIB_PER_MIB
-    );
+    if let Some(floor) = report.rss_floor_kib {
+        let _ = writeln!(
+            out,
+            "peak RSS floor: {:.1} MiB (the bench's anonymous memory, held by each forked child until exec)",
+            floor as f64 / KIB_PER_MIB
+        );
+    }
     if let Some(version) = &report.qemu_version {
         let _ = writeln!(out, "qemu: {version}");
     }
@@ -245,7 +263,7 @@ mod tests {
             runs_per_system: 3,
             warmup_runs: 1,
             qemu_version: Some("QEMU emulator version 7.2.0".to_string()),
-            bench_peak_rss_kib: 2048,
+            rss_floor_kib: Some(512),
             systems,
             ratios_edgevisor_over_qemu: None,
             failures: Vec::new(),
@@ -288,7 +306,10 @@ mod tests {
             result(System::Qemu, &[1.0], &[2.0], &[3.0]),
         ]);
         let ratios = empty.ratios_edgevisor_over_qemu.expect("both listed");
-        assert_eq!((ratios.first_output, ratios.exit, ratios.peak_rss), (None, None, None));
+        assert_eq!(
+            (ratios.first_output, ratios.exit, ratios.peak_rss),
+            (None, None, None)
+        );
     }
 
     #[test]
@@ -317,6 +338,7 @@ mod tests {
         );
         assert!(table.contains("edgevisor/qemu"));
         assert!(table.contains("edgevisor 3/3, qemu-microvm 3/3"));
+        assert!(table.contains("peak RSS floor: 0.5 MiB"), "{table}");
     }
 
     #[test]

@@ -102,10 +102,8 @@ impl GuestFile {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "edgevisor-bench-{}-{nanos:09}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("edgevisor-bench-{}-{nanos:09}", std::process::id()));
         std::fs::create_dir(&dir).map_err(|source| BenchError::TempDir {
             path: dir.clone(),
             source,
@@ -186,7 +184,9 @@ mod tests {
     use super::*;
 
     fn strings(argv: &[OsString]) -> Vec<String> {
-        argv.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+        argv.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
     }
 
     fn value_after(argv: &[String], flag: &str) -> String {
@@ -216,7 +216,10 @@ mod tests {
         let machine = value_after(&argv, "-M");
         assert!(machine.starts_with("microvm,"));
         for needed in ["isa-serial=on", "rtc=on", "x-option-roms=off"] {
-            assert!(machine.split(',').any(|o| o == needed), "{needed} in {machine}");
+            assert!(
+                machine.split(',').any(|o| o == needed),
+                "{needed} in {machine}"
+            );
         }
         assert_eq!(value_after(&argv, "-accel"), "kvm");
         assert_eq!(value_after(&argv, "-m"), GUEST_MEM);

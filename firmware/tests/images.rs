@@ -59,7 +59,8 @@ fn assert_loads_at_1_mib(name: &str, info: &ElfInfo, entry: u64) {
 #[test]
 fn images_are_small() {
     for (name, image) in all() {
-        assert!(image.len() < 16 * 1024, "{name} is {} bytes", image.len());
+        // Code and data are a few KiB; the static 0-4 GiB identity map adds 24 KiB.
+        assert!(image.len() < 48 * 1024, "{name} is {} bytes", image.len());
         assert!(image.len() > 1024, "{name} is suspiciously small");
     }
 }

@@ -1,0 +1,111 @@
+//! `edgevisor-bench`: whole-process benchmarks of edgevisor against QEMU.
+//!
+//! ```text
+//! cargo run --release -p benches --bin edgevisor-bench -- boot [--runs 11] [--warmup 1]
+//!     [--guest pvh|multiboot] [--only edgevisor|qemu] [--edgevisor PATH]
+//!     [--qemu qemu-system-x86_64] [--timeout-secs 10] [--json FILE]
+//! ```
+//! The table goes to stdout, one progress line per run to stderr. Exit code 0: every
+//! run passed; 1: some run failed (the report still covers the passing ones); 2: the
+//! bench could not start (no QEMU, edgevisor did not build, ...).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use benches::{render_table, run_boot, BenchError, BootOptions, BootReport, Guest, System};
+use clap::{Parser, Subcommand};
+
+/// Exit code when runs failed (the report is still printed).
+const EXIT_RUNS_FAILED: u8 = 1;
+/// Exit code when the bench could not start measuring.
+const EXIT_SETUP_ERROR: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "edgevisor-bench",
+    version,
+    about = "Whole-process benchmarks of edgevisor, side by side with QEMU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot the firmware probe with edgevisor and QEMU microvm, interleaved, and compare
+    /// time to first serial output, time to exit and peak RSS.
+    Boot(BootArgs),
+}
+
+#[derive(clap::Args)]
+struct BootArgs {
+    /// Measured runs per system.
+    #[arg(long, default_value_t = 11, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
+    /// Unmeasured runs per system before the measured ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: u16,
+    /// Which probe image both systems boot.
+    #[arg(long, value_enum, default_value_t = Guest::Pvh)]
+    guest: Guest,
+    /// Run only one system (for debugging; no ratios).
+    #[arg(long, value_enum)]
+    only: Option<System>,
+    /// The edgevisor binary (default: `cargo build --release -p vmm --bin edgevisor`).
+    #[arg(long)]
+    edgevisor: Option<PathBuf>,
+    /// The QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Kill a run and count it failed after this many seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_secs: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn boot(args: BootArgs) -> Result<BootReport, BenchError> {
+    let options = BootOptions {
+        runs: usize::from(args.runs),
+        warmup: usize::from(args.warmup),
+        guest: args.guest,
+        only: args.only,
+        edgevisor: args.edgevisor,
+        qemu: args.qemu,
+        timeout: Duration::from_secs(args.timeout_secs),
+    };
+    let report = run_boot(&options, &mut std::io::stderr())?;
+    print!("{}", render_table(&report));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").map_err(|source| BenchError::WriteJson {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(report)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Boot(args) => boot(args),
+    };
+    match result {
+        Ok(report) if report.failures.is_empty() => ExitCode::SUCCESS,
+        Ok(report) => {
+            let error = BenchError::RunsFailed {
+                count: report.failures.len(),
+            };
+            eprintln!("edgevisor-bench: {error}");
+            ExitCode::from(EXIT_RUNS_FAILED)
+        }
+        Err(error) => {
+            eprintln!("edgevisor-bench: {error}");
+            ExitCode::from(EXIT_SETUP_ERROR)
+        }
+    }
+}
