@@ -302,3 +302,42 @@ fn an_instruction_kvm_cannot_run_is_reported_with_rip_and_bytes() {
         assert!(err.contains("no VMX/SVM"), "{err}");
     }
 }
+
+#[test]
+fn malformed_pvh_note_and_bzimage_headers_are_refused() {
+    let dir = Scratch::new("malformed");
+
+    // PVH: point the XEN_ELFNOTE_PHYS32_ENTRY note (namesz 4, type 18, "Xen\0") outside the image.
+    let mut pvh = probe("pvh").to_vec();
+    let note_head: Vec<u8> = [4u32.to_le_bytes(), 4u32.to_le_bytes(), 18u32.to_le_bytes()]
+        .concat()
+        .into_iter()
+        .chain(*b"Xen\0")
+        .collect();
+    let at = pvh
+        .windows(note_head.len())
+        .position(|w| w == note_head.as_slice())
+        .expect("PVH note with a 4-byte entry");
+    let desc = at + note_head.len();
+    pvh[desc..desc + 4].copy_from_slice(&0x10u32.to_le_bytes());
+    let bad_pvh = dir.file("badnote.elf", &pvh);
+    assert_setup_error(&run_kernel(&bad_pvh, &[]), "badnote.elf");
+
+    // bzImage: boot protocol older than 2.06.
+    let mut old = probe("bzimage").to_vec();
+    old[0x206..0x208].copy_from_slice(&0x0205u16.to_le_bytes());
+    let old = dir.file("old.bzimage", &old);
+    assert_setup_error(&run_kernel(&old, &[]), "old.bzimage");
+
+    // bzImage: no 64-bit entry (XLF_KERNEL_64 cleared).
+    let mut no64 = probe("bzimage").to_vec();
+    no64[0x236] &= !1;
+    let no64 = dir.file("no64.bzimage", &no64);
+    assert_setup_error(&run_kernel(&no64, &[]), "64-bit");
+
+    // bzImage: setup header magic gone: no longer a kernel at all.
+    let mut nomagic = probe("bzimage").to_vec();
+    nomagic[0x202..0x206].copy_from_slice(b"XXXX");
+    let nomagic = dir.file("nomagic.bzimage", &nomagic);
+    assert_setup_error(&run_kernel(&nomagic, &[]), "not a kernel image");
+}
