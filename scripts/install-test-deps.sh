@@ -5,6 +5,7 @@
 #   busybox-static   the userland of the L1 and L2 initramfs images
 #   cpio             checks the initramfs writer (cpio -t) in the tests crate's unit tests
 #   xz-utils         unpacks kernel modules shipped as .ko.xz
+#   lz4              unpacks the ELF vmlinux from the Debian bzImage (PVH boot of a real Linux)
 #   binutils         as/ld for the firmware guests
 #   dpkg             dpkg-deb unpacks the Debian kernel package that apt-get download fetches
 #   libc-bin         ldd, to copy edgevisor's shared libraries into the L1 guest
@@ -13,7 +14,7 @@
 # which the nested tests download once into <target>/nested-cache/.
 set -euo pipefail
 
-packages=(qemu-system-x86 busybox-static cpio xz-utils binutils dpkg libc-bin ca-certificates)
+packages=(qemu-system-x86 busybox-static cpio xz-utils lz4 binutils dpkg libc-bin ca-certificates)
 
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then

@@ -27,12 +27,44 @@ const L1_BOOT_ALLOWANCE: Duration = Duration::from_secs(60);
 /// The line the L2 `/init` prints, followed by `release=$(uname -r)`.
 const L2_MARKER: &str = "L2-INIT-OK";
 
+/// Prints the marker with the release and the CPU count, then powers off through ACPI.
 const L2_INIT: &str = "#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
-echo \"L2-INIT-OK release=$(uname -r)\"
-reboot -f
+echo \"L2-INIT-OK release=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo)\"
+poweroff -f
 ";
+
+/// Extracts the ELF vmlinux from a bzImage whose payload is LZ4 (Debian's 6.1 kernels), with
+/// the `lz4` tool, so the PVH entry of a real Linux gets exercised too.
+fn extract_vmlinux(bzimage: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
+    let bytes = std::fs::read(bzimage).map_err(|e| format!("read {}: {e}", bzimage.display()))?;
+    let magic = [0x02, 0x21, 0x4c, 0x18]; // LZ4 legacy frame
+    let at = bytes
+        .windows(4)
+        .position(|w| w == magic)
+        .ok_or("no LZ4 payload in the bzImage")?;
+    let mut child = std::process::Command::new("lz4")
+        .args(["-dc", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("lz4 (apt-get install lz4): {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("lz4 stdin")?;
+    let payload = bytes[at..].to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        // lz4 stops reading at the end of its frame; the bzImage tail is ignored.
+        let _ = stdin.write_all(&payload);
+    });
+    let output = child.wait_with_output().map_err(|e| format!("lz4: {e}"))?;
+    let _ = writer.join();
+    if output.stdout.get(..4) != Some(b"\x7fELF") {
+        return Err("lz4 did not produce an ELF vmlinux".into());
+    }
+    std::fs::write(out, &output.stdout).map_err(|e| format!("write {}: {e}", out.display()))
+}
 
 /// Runs `command`, prints `EXIT=<status>` and exits with that status.
 fn exit_recorded(command: &str) -> String {
@@ -58,12 +90,15 @@ fn boot_l1() -> Result<Boot, NestedError> {
     l2.set_init(L2_INIT)?;
     let l2_initrd = work.path().join("l2-initrd.cpio");
     l2.write(&l2_initrd)?;
+    let vmlinux = work.path().join("vmlinux");
+    extract_vmlinux(&kernel.vmlinuz, &vmlinux).map_err(NestedError::Other)?;
 
     let mut l1 = L1Builder::new(&kernel)?;
     let fs = l1.initramfs();
     fs.add_executable("/bin/edgevisor", &edgevisor)?;
     fs.add_file("/l2/vmlinuz", &kernel.vmlinuz)?;
     fs.add_file("/l2/initrd", &l2_initrd)?;
+    fs.add_file("/l2/vmlinux", &vmlinux)?;
     let mut probes = Vec::new();
     for (name, bytes) in firmware::all() {
         fs.add_bytes(&format!("/probes/{name}"), *bytes, 0o644)?;
@@ -78,9 +113,14 @@ fn boot_l1() -> Result<Boot, NestedError> {
         );
         l1.step(Step::new(&probe_step(name), &exit_recorded(&run)).with_timeout(PROBE_SECS))?;
     }
-    let l2_run = "edgevisor run --kernel /l2/vmlinuz --initrd /l2/initrd \
+    // The bzImage through its 64-bit entry, with two vCPUs (ACPI MADT: Debian's cloud kernel
+    // has no MP-table parser), and the ELF vmlinux inside it through its PVH entry.
+    let l2_run = "edgevisor run --kernel /l2/vmlinuz --initrd /l2/initrd --vcpus 2 \
                   --cmdline \"console=ttyS0 reboot=k panic=-1\" --mem 256M --timings";
     l1.step(Step::new("l2-linux", &exit_recorded(l2_run)).with_timeout(L2_SECS))?;
+    let pvh_run = "edgevisor run --kernel /l2/vmlinux --initrd /l2/initrd \
+                   --cmdline \"console=ttyS0 reboot=k panic=-1\" --mem 256M --timings";
+    l1.step(Step::new("l2-linux-pvh", &exit_recorded(pvh_run)).with_timeout(L2_SECS))?;
 
     let run = l1.boot(work.path(), L1_BOOT_ALLOWANCE)?;
     eprintln!(
@@ -182,16 +222,36 @@ fn every_firmware_probe_passes_under_edgevisor_in_l1() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[test]
-fn debian_kernel_boots_as_l2_guest_under_edgevisor() {
+fn assert_l2_boot(step_name: &str, protocol: &str, cpus: u32) {
     let boot = boot();
-    let l2 = step("l2-linux");
-    let expected = format!("{L2_MARKER} release={}", boot.kernel.release);
+    let l2 = step(step_name);
+    let expected = format!("{L2_MARKER} release={} cpus={cpus}", boot.kernel.release);
     assert!(
         l2.has_line_containing(&expected),
         "no {expected:?} in {}",
         show(&l2)
     );
+    assert!(
+        l2.has_line_containing(&format!("via {protocol} with 256 MiB, {cpus} vCPU(s)")),
+        "{}",
+        show(&l2)
+    );
+    // The guest's own `poweroff -f` reaches edgevisor through ACPI (\\_S5, PM1a control).
+    assert!(
+        l2.has_line_containing("guest powered off (ACPI S5)"),
+        "{}",
+        show(&l2)
+    );
     assert!(l2.has_line_containing("EXIT=0"), "{}", show(&l2));
     assert_eq!(l2.rc, 0, "{}", show(&l2));
+}
+
+#[test]
+fn debian_bzimage_boots_to_init_on_two_vcpus_and_powers_off() {
+    assert_l2_boot("l2-linux", "linux64", 2);
+}
+
+#[test]
+fn debian_vmlinux_boots_to_init_through_pvh() {
+    assert_l2_boot("l2-linux-pvh", "pvh", 1);
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::{cpu, cpuid, layout, loader, mptable};
+use crate::arch::x86_64::{acpi, cpu, cpuid, layout, loader, mptable};
 use crate::config::{ConfigError, KernelSource, VmConfig};
 use crate::exit::ExitReason;
 use crate::state::{CountersReport, Shared, VmState};
@@ -73,6 +73,9 @@ pub enum VmError {
     /// MP table could not be written.
     #[error(transparent)]
     MpTable(#[from] mptable::MpTableError),
+    /// ACPI tables could not be written.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     /// A device could not be created or placed.
     #[error("could not set up the {what} device: {detail}")]
     Device {
@@ -283,6 +286,7 @@ fn prepare_guest(
     cpu::write_boot_tables(mem)?;
     let vcpus = shared.vcpu_count() as u8;
     mptable::write(mem, vcpus)?;
+    acpi::write(mem, vcpus)?;
     let devices = build_devices(vm_fd, shared, console)?;
     Ok(PreparedGuest {
         boot,

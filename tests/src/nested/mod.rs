@@ -95,6 +95,9 @@ pub enum NestedError {
     /// A step the caller asked about has no complete begin/end markers in the serial log.
     #[error("step {name} did not run to its end marker in the L1 guest; the serial console ends with:\n{tail}")]
     StepMissing { name: String, tail: String },
+    /// A test-specific preparation step failed; the text says which and why.
+    #[error("{0}")]
+    Other(String),
 }
 
 /// Result type of this module.

@@ -42,6 +42,7 @@ impl Block {
 }
 
 // Zero page (struct boot_params) offsets, from Documentation/arch/x86/zero-page.rst and boot.rst.
+const ZP_ACPI_RSDP_ADDR: usize = 0x070;
 const ZP_EXT_RAMDISK_IMAGE: usize = 0x0c0;
 const ZP_EXT_RAMDISK_SIZE: usize = 0x0c4;
 const ZP_EXT_CMD_LINE_PTR: usize = 0x0c8;
@@ -77,6 +78,7 @@ pub fn zero_page(inputs: &BootInputs, setup_header: Option<&[u8]>) -> Block {
             zp.u32(ZP_KERNEL_ALIGNMENT, 0x0100_0000);
         }
     }
+    zp.u64(ZP_ACPI_RSDP_ADDR, super::acpi::RSDP_START);
     zp.u16(ZP_BOOT_FLAG, 0xaa55);
     zp.put(ZP_HEADER, b"HdrS");
     // 0xff: a boot loader with no assigned id.
@@ -114,7 +116,7 @@ pub fn pvh_start_info(inputs: &BootInputs) -> Vec<(u64, Block)> {
     info.u32(0x0c, inputs.initrd.is_some() as u32); // nr_modules
     info.u64(0x10, PVH_MODLIST_START);
     info.u64(0x18, CMDLINE_START);
-    info.u64(0x20, 0); // rsdp_paddr: no ACPI tables
+    info.u64(0x20, super::acpi::RSDP_START); // rsdp_paddr
     info.u64(0x28, PVH_MEMMAP_START);
     info.u32(0x30, map.len() as u32);
 
@@ -217,6 +219,10 @@ mod tests {
         assert_eq!(u32_at(&zp, ZP_RAMDISK_IMAGE), 0x700_0000);
         assert_eq!(u32_at(&zp, ZP_RAMDISK_SIZE), 0x1234);
         assert_eq!(zp.0[ZP_E820_ENTRIES], 3);
+        assert_eq!(
+            u32_at(&zp, ZP_ACPI_RSDP_ADDR),
+            super::super::acpi::RSDP_START as u32
+        );
         let last = ZP_E820_TABLE + 2 * 20;
         assert_eq!(u32_at(&zp, last), HIGH_MEMORY_START as u32);
         assert_eq!(u32_at(&zp, last + 16), E820_RAM);
@@ -245,6 +251,7 @@ mod tests {
         assert_eq!(u32_at(info, 0x0c), 1);
         assert_eq!(u32_at(info, 0x28), PVH_MEMMAP_START as u32);
         assert_eq!(u32_at(info, 0x30), 3);
+        assert_eq!(u32_at(info, 0x20), super::super::acpi::RSDP_START as u32);
         let modlist = &blocks[2].1;
         assert_eq!(u32_at(modlist, 0), 0x700_0000);
         assert_eq!(u32_at(modlist, 8), 0x1234);

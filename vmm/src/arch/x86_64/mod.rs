@@ -1,6 +1,7 @@
 //! x86_64: memory layout, boot protocols (Linux 64-bit, PVH, multiboot), CPU state, CPUID
 //! and MP tables.
 
+pub mod acpi;
 pub mod boot_info;
 pub mod cpu;
 pub mod cpuid;
