@@ -16,8 +16,8 @@ pub struct DeviceCounters {
     interrupt_errors: AtomicU64,
 }
 
-/// A copy of [`DeviceCounters`] at one moment.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// A copy of [`DeviceCounters`] at one moment (serializable for the VMM's reports).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct CounterSnapshot {
     /// Guest reads that reached the device (served or not).
     pub reads: u64,

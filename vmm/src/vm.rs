@@ -124,7 +124,7 @@ pub struct ExitReport {
     /// VM-wide counters.
     pub counters: CountersReport,
     /// Per-device counters.
-    pub devices: BTreeMap<&'static str, DeviceCountersReport>,
+    pub devices: BTreeMap<&'static str, devices::CounterSnapshot>,
     /// Bytes the guest wrote to its serial port.
     pub serial_bytes: u64,
 }
@@ -494,43 +494,9 @@ fn build_devices(
     })
 }
 
-/// Per-device counters as reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct DeviceCountersReport {
-    /// Guest reads.
-    pub reads: u64,
-    /// Guest writes.
-    pub writes: u64,
-    /// Accesses the device did not serve.
-    pub unknown_accesses: u64,
-    /// Exit requests.
-    pub exits_requested: u64,
-    /// Bytes sent to the host side.
-    pub bytes_out: u64,
-    /// Bytes lost on the host side.
-    pub bytes_lost: u64,
-    /// Bytes queued for the guest.
-    pub bytes_in: u64,
-    /// Interrupts that failed.
-    pub interrupt_errors: u64,
-}
-
-impl From<devices::CounterSnapshot> for DeviceCountersReport {
-    fn from(s: devices::CounterSnapshot) -> Self {
-        DeviceCountersReport {
-            reads: s.reads,
-            writes: s.writes,
-            unknown_accesses: s.unknown_accesses,
-            exits_requested: s.exits_requested,
-            bytes_out: s.bytes_out,
-            bytes_lost: s.bytes_lost,
-            bytes_in: s.bytes_in,
-            interrupt_errors: s.interrupt_errors,
-        }
-    }
-}
-
-fn device_counters(c: &devices::LegacyCounters) -> BTreeMap<&'static str, DeviceCountersReport> {
+fn device_counters(
+    c: &devices::LegacyCounters,
+) -> BTreeMap<&'static str, devices::CounterSnapshot> {
     [
         ("serial", &c.serial),
         ("i8042", &c.i8042),
@@ -542,7 +508,7 @@ fn device_counters(c: &devices::LegacyCounters) -> BTreeMap<&'static str, Device
         ("acpi_pm", &c.acpi_pm),
     ]
     .into_iter()
-    .map(|(name, counters)| (name, counters.snapshot().into()))
+    .map(|(name, counters)| (name, counters.snapshot()))
     .collect()
 }
 

@@ -126,6 +126,9 @@ fn report_file_has_reason_code_and_phases() {
     assert!(phase("first_serial_byte_us") <= phase("guest_exit_us"));
     assert_eq!(json["boot"]["protocol"], "linux64");
     assert!(json["serial_bytes"].as_u64().unwrap() > 100);
+    assert_eq!(json["devices"]["serial"]["bytes_out"], json["serial_bytes"]);
+    assert_eq!(json["devices"]["debug_exit"]["exits_requested"], 1);
+    assert!(json["devices"]["rtc"]["reads"].as_u64().unwrap() >= 4);
 }
 
 #[test]
