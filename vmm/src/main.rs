@@ -175,7 +175,8 @@ fn inspect(image: PathBuf) -> Result<u8, VmError> {
     println!("image:     {}", image.display());
     println!("format:    {format}");
     println!("kind:      {kind}");
-    println!("protocols: {} (default {})", names.join(", "), names[0]);
+    let default = names.first().map(String::as_str).unwrap_or("none");
+    println!("protocols: {} (default {default})", names.join(", "));
     Ok(0)
 }
 

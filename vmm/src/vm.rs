@@ -572,10 +572,10 @@ impl VmHandle {
     }
 
     /// Waits for the VM to end, joins its threads and reports.
-    pub fn wait(self) -> ExitReport {
+    pub fn wait(mut self) -> ExitReport {
         let exit = self.shared.wait_exit();
         self.sync_guest_main();
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
         let devices = device_counters(&self.device_counters);
@@ -585,10 +585,24 @@ impl VmHandle {
             message: exit.to_string(),
             exit,
             timings: self.shared.timings.snapshot(),
-            boot: self.summary,
+            boot: self.summary.clone(),
             counters: self.shared.counters.snapshot(),
             devices,
             serial_bytes,
+        }
+    }
+}
+
+impl Drop for VmHandle {
+    /// A handle dropped without `wait` stops its VM and joins the vCPU threads, so an
+    /// embedder never leaves a guest running behind it.
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.shared.finish(ExitReason::Stopped);
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
         }
     }
 }

@@ -104,3 +104,20 @@ fn pausing_holds_the_guest_still() {
     let report = handle.wait();
     assert_eq!(report.exit, ExitReason::Poweroff, "{}", console.text());
 }
+
+#[test]
+fn dropping_a_handle_stops_the_guest_and_joins_its_threads() {
+    let console = Capture::default();
+    let handle = start("probe.exit=hang", console.clone());
+    wait_for(&console, "PROBE PASS");
+    let threads_before = thread_count();
+    let stopper_state = handle.stopper();
+    drop(handle);
+    // The vCPU thread is gone once drop returns.
+    assert!(thread_count() < threads_before, "vCPU thread still running");
+    stopper_state.stop(); // harmless after the VM ended
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}

@@ -147,8 +147,10 @@ fn load_segments(
         let data = image.segment_data(seg);
         mem.write_slice(data, GuestAddress(seg.guest_addr))
             .map_err(mem_err("kernel"))?;
-        // Fresh anonymous memory is already zero: only bss inside pages we may have
-        // touched needs clearing, and mapping is lazy so writing zeroes would cost RSS.
+        // The bss (mem_size beyond file_size) needs no clearing: guest memory is freshly
+        // mapped, and nothing else is placed inside a segment (boot structures live below
+        // 1 MiB, the initrd above kernel_end), so it reads as zero. Writing zeroes would
+        // only populate pages and raise the VMM's RSS.
     }
     Ok(())
 }
