@@ -344,3 +344,14 @@ fn malformed_pvh_note_and_bzimage_headers_are_refused() {
     let nomagic = dir.file("nomagic.bzimage", &nomagic);
     assert_setup_error(&run_kernel(&nomagic, &[]), "not a kernel image");
 }
+
+#[test]
+fn the_probe_touches_the_memory_it_is_asked_to_and_no_more() {
+    let o = edgevisor(&["run", "--mem", "64M", "--cmdline", "probe.touch=40"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(stdout(&o).contains("probe: touched 40 MiB"), "{}", show(&o));
+    // 16 MiB + 60 MiB is past the end of a 64 MiB guest: the probe refuses.
+    let o = edgevisor(&["run", "--mem", "64M", "--cmdline", "probe.touch=60"]);
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+    assert!(stdout(&o).contains("check=touch"), "{}", show(&o));
+}

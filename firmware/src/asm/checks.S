@@ -28,7 +28,92 @@ probe_body:
 	PUTS	"PROBE PASS protocol="
 	call	put_proto
 	PUTC	'\n'
+	call	touch_memory
 	jmp	exit_after_pass
+
+/*
+ * touch_memory: the memory-touch workload for benchmarks. With `probe.touch=N` (decimal MiB,
+ * 1..65535) on the command line, write one quadword per 4 KiB page of [16 MiB, 16 MiB + N MiB),
+ * so every page is faulted in once, then print `probe: touched N MiB`. Fails check=touch if
+ * that range is not inside the guest's RAM. Without the token it does nothing.
+ */
+touch_memory:
+	movq	cmdline_addr, %r12
+	testq	%r12, %r12
+	jz	9f
+	movl	$CMDLINE_SCAN_MAX, %r13d
+	movl	$1, %r14d		/* at the start of a word */
+1:	movzbl	(%r12), %eax
+	testl	%eax, %eax
+	jz	9f
+	testl	%r14d, %r14d
+	jz	2f
+	movq	%r12, %rsi
+	movl	$str_probe_touch, %edi
+	call	match_prefix
+	testq	%rax, %rax
+	jnz	touch_value_at_rax
+	movzbl	(%r12), %eax
+2:	xorl	%r14d, %r14d
+	cmpb	$' ', %al
+	je	3f
+	cmpb	$'\t', %al
+	je	3f
+	cmpb	$'\n', %al
+	jne	4f
+3:	movl	$1, %r14d
+4:	incq	%r12
+	decl	%r13d
+	jnz	1b
+9:	ret
+
+/* rax points just after `probe.touch=`: N decimal MiB, then the end of the word. */
+touch_value_at_rax:
+	movq	%rax, %rsi
+	xorl	%ecx, %ecx
+	xorl	%r8d, %r8d
+1:	movzbl	(%rsi), %eax
+	subl	$'0', %eax
+	cmpl	$9, %eax
+	ja	2f
+	imull	$10, %ecx, %ecx
+	addl	%eax, %ecx
+	cmpl	$65535, %ecx
+	ja	bad_touch_value
+	incq	%rsi
+	incl	%r8d
+	jmp	1b
+2:	testl	%r8d, %r8d
+	jz	bad_touch_value
+	testl	%ecx, %ecx
+	jz	bad_touch_value
+	movzbl	(%rsi), %eax
+	call	is_word_end
+	testl	%eax, %eax
+	jz	bad_touch_value
+	/* The range [16 MiB, 16 MiB + N MiB) must fit in the RAM the memory map reported. */
+	movl	%ecx, %r15d
+	movq	%r15, %rax
+	shlq	$20, %rax
+	addq	$TOUCH_START, %rax
+	cmpq	mem_total, %rax
+	ja	touch_too_big
+	movq	$TOUCH_START, %rdi
+	movq	%r15, %rcx
+	shlq	$8, %rcx		/* pages = MiB * 256 */
+3:	movq	%rdi, (%rdi)
+	addq	$4096, %rdi
+	decq	%rcx
+	jnz	3b
+	PUTS	"probe: touched "
+	movq	%r15, %rdi
+	call	put_dec
+	PUTS	" MiB\n"
+	ret
+bad_touch_value:
+	FAIL	touch, "probe.touch=N needs a decimal number of MiB from 1 to 65535"
+touch_too_big:
+	FAIL	touch, "probe.touch= asks for more memory than the guest has above 16 MiB"
 
 /* Jump to 1: for the Linux protocols, 2: for PVH, 3: for multiboot. Clobbers eax. */
 .macro DISPATCH_PROTO
@@ -587,6 +672,8 @@ rtc_read:
 	.section .rodata.probe_str,"a"
 str_probe_exit:
 	.asciz	"probe.exit="
+str_probe_touch:
+	.asciz	"probe.touch="
 str_poweroff:
 	.asciz	"poweroff"
 str_reset:

@@ -63,6 +63,9 @@
 #define EXIT_TRIPLE   4
 #define EXIT_HANG     5
 
+/* probe.touch=N writes one quadword per 4 KiB page from here on (16 MiB). */
+#define TOUCH_START   0x1000000
+
 /* Limits on what the probe reads from guest-visible boot data. */
 #define CMDLINE_SCAN_MAX  65535
 #define CMDLINE_PRINT_MAX 200
