@@ -1,91 +1,45 @@
-//! Host memory for guests, and (as the NUMA work lands) host topology and placement.
+//! Host topology, guest memory backing and vCPU placement for edgevisor.
 //!
-//! Today this crate hands the VMM anonymous, lazily-populated guest RAM. Hugepages, memfd
-//! sharing, NUMA binding and prefault build on the same `GuestMemoryBacking` entry point.
+//! - [`Topology`]: NUMA nodes, CPUs, memory, distances and hugepage pools, read from sysfs
+//!   below a configurable root (`edgevisor node` prints its `Display`).
+//! - [`MemorySpec`] (`--mem 512M,hugepages=2M,node=0,prefault=on,shared=on`) and
+//!   [`GuestMemory::map`]: guest RAM from anonymous memory, MAP_HUGETLB or a memfd, bound to a
+//!   node with mbind and optionally prefaulted; checked against the topology before anything
+//!   is mapped, and unmapped again if anything fails midway.
+//! - [`CpuSpec`] (`--cpus 2,pin=4-5`), [`place_vcpus`] and [`pin_current_thread`]: per-vCPU
+//!   host CPU sets and thread pinning.
+//!
+//! A typical VMM start-up:
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use numa::{CpuSpec, GuestMemory, MemorySpec, Topology};
+//! use vm_memory::GuestAddress;
+//!
+//! let mem: MemorySpec = "512M,hugepages=2M,node=0,prefault=on".parse()?;
+//! let cpus: CpuSpec = "2,pin=0-1".parse()?;
+//! let topology = Topology::from_host()?;
+//! let ranges = [(GuestAddress(0), mem.size_bytes() as usize)];
+//! // Check everything before making anything.
+//! mem.options().validate(&topology, &ranges)?;
+//! let placement = numa::place_vcpus(&topology, &cpus, mem.node)?;
+//! let guest_memory = GuestMemory::map(&mem.options(), &topology, &ranges)?;
+//! // In vCPU thread n: numa::pin_current_thread(&placement[n])?;
+//! # let _ = (placement, guest_memory);
+//! # Ok(())
+//! # }
+//! ```
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+mod cpuset;
+mod memory;
+mod placement;
+mod spec;
+mod topology;
 
-/// Errors from building guest memory.
-#[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
-    /// No range was given, or a range was empty.
-    #[error("guest memory layout is empty: give at least one non-empty RAM range")]
-    EmptyLayout,
-    /// The host refused the mapping.
-    #[error("could not map {size} bytes of guest memory at guest address {addr:#x}: {source}")]
-    Map {
-        /// Guest physical address of the range.
-        addr: u64,
-        /// Size of the range in bytes.
-        size: usize,
-        /// What vm-memory reported.
-        #[source]
-        source: vm_memory::mmap::FromRangesError,
-    },
-}
-
-/// How guest RAM is backed on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GuestMemoryBacking {
-    /// Private anonymous memory, populated on first touch (MAP_NORESERVE).
-    #[default]
-    Anonymous,
-}
-
-impl GuestMemoryBacking {
-    /// Maps the given guest-physical RAM ranges `(start, size)`.
-    ///
-    /// Nothing is touched: pages are populated when the guest first writes them, so the VMM's
-    /// resident memory stays small however large the guest is.
-    pub fn map(self, ranges: &[(GuestAddress, usize)]) -> Result<GuestMemoryMmap, MemoryError> {
-        if ranges.is_empty() || ranges.iter().any(|(_, size)| *size == 0) {
-            return Err(MemoryError::EmptyLayout);
-        }
-        match self {
-            GuestMemoryBacking::Anonymous => {
-                GuestMemoryMmap::from_ranges(ranges).map_err(|source| {
-                    let (addr, size) = ranges[0];
-                    MemoryError::Map {
-                        addr: addr.0,
-                        size,
-                        source,
-                    }
-                })
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vm_memory::{Bytes, GuestMemoryBackend};
-
-    #[test]
-    fn maps_two_ranges_and_reads_back() {
-        let mem = GuestMemoryBacking::Anonymous
-            .map(&[(GuestAddress(0), 1 << 20), (GuestAddress(1 << 32), 2 << 20)])
-            .unwrap();
-        assert_eq!(mem.num_regions(), 2);
-        mem.write_obj(0xdead_beefu32, GuestAddress((1 << 32) + 8))
-            .unwrap();
-        assert_eq!(
-            mem.read_obj::<u32>(GuestAddress((1 << 32) + 8)).unwrap(),
-            0xdead_beef
-        );
-        // The hole between the ranges is not memory.
-        assert!(mem.read_obj::<u32>(GuestAddress(2 << 20)).is_err());
-    }
-
-    #[test]
-    fn empty_layout_is_an_error() {
-        assert!(matches!(
-            GuestMemoryBacking::Anonymous.map(&[]),
-            Err(MemoryError::EmptyLayout)
-        ));
-        assert!(matches!(
-            GuestMemoryBacking::Anonymous.map(&[(GuestAddress(0), 0)]),
-            Err(MemoryError::EmptyLayout)
-        ));
-    }
-}
+pub use cpuset::{parse_cpu_list_ordered, CpuListError, CpuSet, MAX_CPU};
+pub use memory::{host_page_size, GuestMemory, GuestMemoryBacking, MemoryError, MemoryOptions};
+pub use placement::{
+    current_thread_affinity, default_cpus, pin_current_thread, place_vcpus, PinError,
+    PlacementError,
+};
+pub use spec::{CpuSpec, HugePages, MemorySpec, SpecError, MAX_VCPUS};
+pub use topology::{page_size_label, HugePagePool, Node, NodeDistance, Topology, TopologyError};

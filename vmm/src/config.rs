@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use images::BootProtocol;
+use numa::{CpuSpec, HugePages, MemorySpec};
 use serde::{Deserialize, Serialize};
 
 /// Largest vCPU count we build tables for.
@@ -50,6 +51,9 @@ pub enum ConfigError {
         #[source]
         source: serde_json::Error,
     },
+    /// A memory or vCPU option is not valid.
+    #[error(transparent)]
+    Spec(#[from] numa::SpecError),
     /// A Firecracker section we do not implement yet.
     #[error("config file {path}: {what} is not supported by edgevisor yet: remove it")]
     Unsupported {
@@ -93,6 +97,21 @@ pub struct VmConfig {
     /// Boot protocol; `None` picks the image's preferred one.
     #[serde(default)]
     pub boot_protocol: Option<BootProtocol>,
+    /// Page size backing guest RAM.
+    #[serde(default)]
+    pub hugepages: HugePages,
+    /// NUMA node to bind guest RAM to (and, by default, to run the vCPUs on).
+    #[serde(default)]
+    pub numa_node: Option<u32>,
+    /// Populate all of guest RAM before the guest starts.
+    #[serde(default)]
+    pub prefault: bool,
+    /// Back guest RAM with a shared memfd (for vhost-user back ends).
+    #[serde(default)]
+    pub shared_memory: bool,
+    /// Host CPU for each vCPU, in order.
+    #[serde(default)]
+    pub pin: Option<Vec<u32>>,
 }
 
 fn default_mem_mib() -> u64 {
@@ -111,11 +130,54 @@ impl Default for VmConfig {
             mem_mib: default_mem_mib(),
             vcpus: default_vcpus(),
             boot_protocol: None,
+            hugepages: HugePages::None,
+            numa_node: None,
+            prefault: false,
+            shared_memory: false,
+            pin: None,
         }
     }
 }
 
 impl VmConfig {
+    /// The memory part, in the `numa` crate's terms.
+    pub fn memory_spec(&self) -> MemorySpec {
+        MemorySpec {
+            size_mib: self.mem_mib,
+            hugepages: self.hugepages,
+            node: self.numa_node,
+            prefault: self.prefault,
+            shared: self.shared_memory,
+        }
+    }
+
+    /// The vCPU part, in the `numa` crate's terms.
+    pub fn cpu_spec(&self) -> CpuSpec {
+        CpuSpec {
+            count: self.vcpus as u32,
+            pin: self.pin.clone(),
+        }
+    }
+
+    /// Takes size and options from a `--mem` value (`512M,hugepages=2M,node=0,...`).
+    pub fn set_memory(&mut self, spec: &MemorySpec) {
+        self.mem_mib = spec.size_mib;
+        self.hugepages = spec.hugepages;
+        self.numa_node = spec.node;
+        self.prefault = spec.prefault;
+        self.shared_memory = spec.shared;
+    }
+
+    /// Whether guest memory or vCPU placement asks for anything beyond the default
+    /// (private 4 KiB pages, no binding, no pinning): only then is host topology read.
+    pub fn needs_placement(&self) -> bool {
+        self.hugepages != HugePages::None
+            || self.numa_node.is_some()
+            || self.prefault
+            || self.shared_memory
+            || self.pin.is_some()
+    }
+
     /// Checks the values that need no file system or KVM.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.mem_mib == 0 {
@@ -132,6 +194,8 @@ impl VmConfig {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::BadVcpus(self.vcpus as u64));
         }
+        self.memory_spec().validate()?;
+        self.cpu_spec().validate()?;
         Ok(())
     }
 
@@ -180,14 +244,10 @@ impl VmConfig {
         if mc.cpu_template.is_some() {
             return Err(unsupported("machine-config.cpu_template"));
         }
-        match mc.huge_pages.as_deref() {
-            None | Some("None") => {}
-            Some(other) => {
-                return Err(unsupported(&format!(
-                    "machine-config.huge_pages = {other:?}"
-                )))
-            }
-        }
+        let hugepages = match mc.huge_pages.as_deref() {
+            None => HugePages::None,
+            Some(value) => value.parse::<HugePages>()?,
+        };
         let vcpus = mc.vcpu_count.unwrap_or(1);
         let config = VmConfig {
             kernel: KernelSource::Path(fc.boot_source.kernel_image_path),
@@ -195,34 +255,12 @@ impl VmConfig {
             cmdline: fc.boot_source.boot_args.unwrap_or_default(),
             mem_mib: mc.mem_size_mib.unwrap_or(default_mem_mib()),
             vcpus: u8::try_from(vcpus).map_err(|_| ConfigError::BadVcpus(vcpus))?,
-            boot_protocol: None,
+            hugepages,
+            ..VmConfig::default()
         };
         config.validate()?;
         Ok(config)
     }
-}
-
-/// Parses a memory size: bare numbers are MiB; K, M, G (and KiB, MiB, GiB) suffixes.
-pub fn parse_mem_size(s: &str) -> Result<u64, ConfigError> {
-    let t = s.trim();
-    let bad = || ConfigError::BadSize(s.to_string());
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits_end);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let bytes = match unit.to_ascii_lowercase().as_str() {
-        "" | "m" | "mib" | "mb" => n.checked_mul(1 << 20),
-        "k" | "kib" | "kb" => n.checked_mul(1 << 10),
-        "g" | "gib" | "gb" => n.checked_mul(1 << 30),
-        _ => return Err(bad()),
-    }
-    .ok_or_else(bad)?;
-    if bytes == 0 {
-        return Err(ConfigError::ZeroMemory);
-    }
-    if bytes % (1 << 20) != 0 {
-        return Err(ConfigError::NotMib(s.to_string()));
-    }
-    Ok(bytes >> 20)
 }
 
 /// Host RAM in MiB, from /proc/meminfo.
@@ -296,33 +334,6 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse_in_mib() {
-        assert_eq!(parse_mem_size("64").unwrap(), 64);
-        assert_eq!(parse_mem_size("64M").unwrap(), 64);
-        assert_eq!(parse_mem_size("1G").unwrap(), 1024);
-        assert_eq!(parse_mem_size("2048K").unwrap(), 2);
-        assert_eq!(parse_mem_size("1GiB").unwrap(), 1024);
-        assert!(matches!(parse_mem_size("0"), Err(ConfigError::ZeroMemory)));
-        assert!(matches!(parse_mem_size("0M"), Err(ConfigError::ZeroMemory)));
-        assert!(matches!(
-            parse_mem_size("512K"),
-            Err(ConfigError::NotMib(_))
-        ));
-        assert!(matches!(
-            parse_mem_size("lots"),
-            Err(ConfigError::BadSize(_))
-        ));
-        assert!(matches!(
-            parse_mem_size("12X"),
-            Err(ConfigError::BadSize(_))
-        ));
-        assert!(matches!(
-            parse_mem_size("99999999999999999G"),
-            Err(ConfigError::BadSize(_))
-        ));
-    }
-
-    #[test]
     fn firecracker_config_maps_to_vm_config() {
         let c = fc(r#"{
             "boot-source": {"kernel_image_path": "/k", "initrd_path": "/i", "boot_args": "console=ttyS0"},
@@ -334,6 +345,16 @@ mod tests {
         assert_eq!(c.initrd, Some(PathBuf::from("/i")));
         assert_eq!(c.cmdline, "console=ttyS0");
         assert_eq!((c.vcpus, c.mem_mib), (2, 128));
+        assert_eq!(c.hugepages, HugePages::None);
+        let c = fc(r#"{"boot-source": {"kernel_image_path": "/k"},
+            "machine-config": {"mem_size_mib": 128, "huge_pages": "2M"}}"#)
+        .unwrap();
+        assert_eq!(c.hugepages, HugePages::Size2M);
+        assert!(c.needs_placement());
+        let e = fc(r#"{"boot-source": {"kernel_image_path": "/k"},
+            "machine-config": {"mem_size_mib": 129, "huge_pages": "2M"}}"#)
+        .unwrap_err();
+        assert!(e.to_string().contains("129"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use images::BootProtocol;
-use vmm::config::parse_mem_size;
 use vmm::{KernelSource, Vm, VmConfig, VmError};
 
 /// Exit code for bad input or setup errors (docs/GUEST_INTERFACE.md).
@@ -33,6 +32,12 @@ enum Command {
         /// The image file.
         image: PathBuf,
     },
+    /// Show the host's NUMA nodes, their CPUs, memory, distances and hugepage pools.
+    Node {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the built-in firmware guests to a directory.
     Firmware {
         /// Directory to write linux64.elf, pvh.elf, multiboot.elf and bzimage.bin into.
@@ -51,12 +56,16 @@ struct RunArgs {
     /// Kernel command line.
     #[arg(long, conflicts_with = "config")]
     cmdline: Option<String>,
-    /// Guest memory: MiB, or a size with K/M/G (default 64M).
+    /// Guest memory: SIZE[,hugepages=none|2M|1G][,node=N][,prefault=on][,shared=on]
+    /// (default 64M; SIZE in MiB, or with K/M/G).
     #[arg(long, conflicts_with = "config")]
     mem: Option<String>,
     /// Number of vCPUs (default 1).
-    #[arg(long, conflicts_with = "config")]
+    #[arg(long, conflicts_with_all = ["config", "cpus"])]
     vcpus: Option<u64>,
+    /// vCPUs and their host CPUs: N[,pin=LIST], e.g. 2,pin=4-5 (vCPU 0 on CPU 4, vCPU 1 on 5).
+    #[arg(long, conflicts_with = "config")]
+    cpus: Option<String>,
     /// Force a boot protocol: linux64, pvh or multiboot (default: the image's preferred one).
     #[arg(long, conflicts_with = "config")]
     boot_protocol: Option<BootProtocol>,
@@ -84,10 +93,17 @@ fn build_config(args: &RunArgs) -> Result<VmConfig, VmError> {
         config.cmdline = c.clone();
     }
     if let Some(m) = &args.mem {
-        config.mem_mib = parse_mem_size(m)?;
+        let spec = numa::MemorySpec::parse(m).map_err(vmm::config::ConfigError::from)?;
+        config.set_memory(&spec);
     }
+    let bad_count = |v: u64| vmm::config::ConfigError::BadVcpus(v);
     if let Some(v) = args.vcpus {
-        config.vcpus = u8::try_from(v).map_err(|_| vmm::config::ConfigError::BadVcpus(v))?;
+        config.vcpus = u8::try_from(v).map_err(|_| bad_count(v))?;
+    }
+    if let Some(c) = &args.cpus {
+        let spec = numa::CpuSpec::parse(c).map_err(vmm::config::ConfigError::from)?;
+        config.vcpus = u8::try_from(spec.count).map_err(|_| bad_count(spec.count as u64))?;
+        config.pin = spec.pin;
     }
     config.boot_protocol = args.boot_protocol;
     config.validate()?;
@@ -180,6 +196,17 @@ fn inspect(image: PathBuf) -> Result<u8, VmError> {
     Ok(0)
 }
 
+fn show_node(json: bool) -> Result<u8, String> {
+    let topology = numa::Topology::from_host().map_err(|e| e.to_string())?;
+    if json {
+        let text = serde_json::to_string_pretty(&topology).map_err(|e| e.to_string())?;
+        println!("{text}");
+    } else {
+        println!("{topology}");
+    }
+    Ok(0)
+}
+
 fn export_firmware(dir: PathBuf) -> Result<u8, String> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
@@ -202,6 +229,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args, start).map_err(|e| e.to_string()),
         Command::Inspect { image } => inspect(image).map_err(|e| e.to_string()),
+        Command::Node { json } => show_node(json),
         Command::Firmware { dir } => export_firmware(dir),
     };
     match result {

@@ -53,6 +53,8 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 pub struct VcpuThread {
     /// vCPU index (= APIC id).
     pub id: u8,
+    /// Host CPUs this vCPU's thread is pinned to, if placement was asked for.
+    pub cpus: Option<numa::CpuSet>,
     /// The KVM vCPU.
     pub fd: VcpuFd,
     /// Port I/O bus.
@@ -71,6 +73,13 @@ impl VcpuThread {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|c| c.set(run_ptr));
         self.shared.register_vcpu_thread();
+        if let Some(cpus) = &self.cpus {
+            if let Err(e) = numa::pin_current_thread(cpus) {
+                self.shared.finish(ExitReason::VcpuError {
+                    detail: format!("could not pin vCPU {} to host CPUs {cpus}: {e}", self.id),
+                });
+            }
+        }
         loop {
             match self.shared.vcpu_control() {
                 VcpuControl::Run => {}
