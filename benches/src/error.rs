@@ -92,4 +92,12 @@ pub enum BenchError {
         /// How many runs failed.
         count: usize,
     },
+    /// The hugepage pool could not be resized for the memory bench.
+    #[error("could not reserve {pages} 2 MiB hugepages ({detail}): run as root on a host with hugepage support")]
+    HugePages {
+        /// Pages wanted.
+        pages: u64,
+        /// What went wrong.
+        detail: String,
+    },
 }

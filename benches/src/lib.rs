@@ -8,11 +8,13 @@ pub mod boot;
 pub mod error;
 pub mod locate;
 pub mod measure;
+pub mod memory;
 pub mod report;
 pub mod stats;
 pub mod systems;
 
 pub use boot::{run_boot, BootOptions};
 pub use error::BenchError;
+pub use memory::{render_memory_table, run_memory, MemoryOptions, MemoryReport};
 pub use report::{render_table, BootReport};
 pub use systems::{Guest, System};

@@ -13,7 +13,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use benches::{render_table, run_boot, BenchError, BootOptions, BootReport, Guest, System};
+use benches::{
+    render_memory_table, render_table, run_boot, run_memory, BenchError, BootOptions, BootReport,
+    Guest, MemoryOptions, System,
+};
 use clap::{Parser, Subcommand};
 
 /// Exit code when runs failed (the report is still printed).
@@ -37,6 +40,52 @@ enum Command {
     /// Boot the firmware probe with edgevisor and QEMU microvm, interleaved, and compare
     /// time to first serial output, time to exit and peak RSS.
     Boot(BootArgs),
+    /// Boot time and a guest memory-touch workload with 4 KiB pages versus 2 MiB
+    /// hugepages, with and without prefault (reserves the hugepages itself; needs root).
+    Memory(MemoryArgs),
+}
+
+#[derive(clap::Args)]
+struct MemoryArgs {
+    /// Measured runs per configuration.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
+    /// Guest RAM in MiB (a multiple of 2).
+    #[arg(long, default_value_t = 512)]
+    mem_mib: u64,
+    /// MiB the guest touches, from 16 MiB up.
+    #[arg(long, default_value_t = 256)]
+    touch_mib: u64,
+    /// The edgevisor binary (default: `cargo build --release -p vmm --bin edgevisor`).
+    #[arg(long)]
+    edgevisor: Option<PathBuf>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn memory(args: MemoryArgs) -> Result<(), BenchError> {
+    let edgevisor = match args.edgevisor {
+        Some(path) => path,
+        None => benches::locate::build_edgevisor(&benches::locate::workspace_root())?,
+    };
+    let options = MemoryOptions {
+        runs: usize::from(args.runs),
+        mem_mib: args.mem_mib,
+        touch_mib: args.touch_mib,
+        edgevisor,
+        timeout: Duration::from_secs(60),
+    };
+    let report = run_memory(&options, &mut std::io::stderr())?;
+    print!("{}", render_memory_table(&report));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").map_err(|source| BenchError::WriteJson {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -93,6 +142,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Boot(args) => boot(args),
+        Command::Memory(args) => {
+            return match memory(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error @ BenchError::RunsFailed { .. }) => {
+                    eprintln!("edgevisor-bench: {error}");
+                    ExitCode::from(EXIT_RUNS_FAILED)
+                }
+                Err(error) => {
+                    eprintln!("edgevisor-bench: {error}");
+                    ExitCode::from(EXIT_SETUP_ERROR)
+                }
+            }
+        }
     };
     match result {
         Ok(report) if report.failures.is_empty() => ExitCode::SUCCESS,
