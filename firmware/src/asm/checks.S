@@ -38,34 +38,11 @@ probe_body:
  * that range is not inside the guest's RAM. Without the token it does nothing.
  */
 touch_memory:
-	movq	cmdline_addr, %r12
-	testq	%r12, %r12
-	jz	9f
-	movl	$CMDLINE_SCAN_MAX, %r13d
-	movl	$1, %r14d		/* at the start of a word */
-1:	movzbl	(%r12), %eax
-	testl	%eax, %eax
-	jz	9f
-	testl	%r14d, %r14d
-	jz	2f
-	movq	%r12, %rsi
 	movl	$str_probe_touch, %edi
-	call	match_prefix
+	call	find_word_prefix
 	testq	%rax, %rax
 	jnz	touch_value_at_rax
-	movzbl	(%r12), %eax
-2:	xorl	%r14d, %r14d
-	cmpb	$' ', %al
-	je	3f
-	cmpb	$'\t', %al
-	je	3f
-	cmpb	$'\n', %al
-	jne	4f
-3:	movl	$1, %r14d
-4:	incq	%r12
-	decl	%r13d
-	jnz	1b
-9:	ret
+	ret
 
 /* rax points just after `probe.touch=`: N decimal MiB, then the end of the word. */
 touch_value_at_rax:
@@ -246,6 +223,20 @@ check_cmdline:
 parse_exit:
 	movb	$EXIT_POWEROFF, exit_mode
 	movb	$0, exit_value
+	movl	$str_probe_exit, %edi
+	call	find_word_prefix
+	testq	%rax, %rax
+	jnz	exit_value_at_rax
+	ret
+
+/*
+ * find_word_prefix(rdi = NUL-terminated prefix): rax = the text just after the first word of
+ * the command line that starts with the prefix, or 0 (also when there is no command line).
+ * Clobbers r12-r15, rsi, rdi, rcx, rdx.
+ */
+find_word_prefix:
+	movq	%rdi, %r15
+	xorl	%eax, %eax
 	movq	cmdline_addr, %r12
 	testq	%r12, %r12
 	jz	9f
@@ -253,14 +244,14 @@ parse_exit:
 	movl	$1, %r14d		/* at the start of a word */
 1:	movzbl	(%r12), %eax
 	testl	%eax, %eax
-	jz	9f
+	jz	8f
 	testl	%r14d, %r14d
 	jz	2f
 	movq	%r12, %rsi
-	movl	$str_probe_exit, %edi
+	movq	%r15, %rdi
 	call	match_prefix
 	testq	%rax, %rax
-	jnz	exit_value_at_rax
+	jnz	9f
 	movzbl	(%r12), %eax
 2:	xorl	%r14d, %r14d
 	cmpb	$' ', %al
@@ -273,6 +264,7 @@ parse_exit:
 4:	incq	%r12
 	decl	%r13d
 	jnz	1b
+8:	xorl	%eax, %eax
 9:	ret
 
 /* rax points just after `probe.exit=`. */
