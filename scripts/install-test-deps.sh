@@ -5,8 +5,8 @@
 #   busybox-static   the userland of the L1 and L2 initramfs images
 #   cpio             checks the initramfs writer (cpio -t) in the tests crate's unit tests
 #   xz-utils         unpacks kernel modules shipped as .ko.xz
-#   lz4              unpacks the ELF vmlinux from the Debian bzImage (PVH boot of a real Linux)
-#   binutils         as/ld for the firmware guests
+#   lz4              unpacks the ELF vmlinux from the Debian bzImage (its PVH and 64-bit ELF boots)
+#   binutils         as/ld for the firmware guests; readelf finds the vmlinux's PVH note
 #   dpkg             dpkg-deb unpacks the Debian kernel package that apt-get download fetches
 #   libc-bin         ldd, to copy edgevisor's shared libraries into the L1 guest
 #

@@ -10,6 +10,9 @@
 //! - [`L1Builder`]: the level-1 initramfs (modules, `/init` that runs named steps between
 //!   markers, then powers off) and its boot; [`run_l1`] boots any initramfs under QEMU with a
 //!   timeout and returns the serial log as an [`L1Run`].
+//! - [`DebianKernel::vmlinux`] / [`extract_vmlinux`]: the ELF `vmlinux` unpacked from a bzImage
+//!   (found through its setup header, decompressed with the tool its magic bytes call for), and
+//!   [`pvh_entry`] reads its PVH entry note with `readelf -n`.
 //! - [`edgevisor_binary`]: builds `edgevisor` with cargo and returns its path.
 //!
 //! Environment knobs: `EDGEVISOR_NESTED_CACHE` (cache directory), `EDGEVISOR_NESTED_KERNEL_PKG`
@@ -26,6 +29,7 @@ mod initramfs;
 mod kernel;
 mod qemu;
 mod script;
+mod vmlinux;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,6 +41,7 @@ pub use initramfs::Initramfs;
 pub use kernel::DebianKernel;
 pub use qemu::{run_l1, L1Run, L1Spec};
 pub use script::{l1_init_script, Step, StepOutput, DONE_MARKER, STEP_DIR};
+pub use vmlinux::{bzimage_payload, extract_vmlinux, pvh_entry, Compression, Payload};
 
 /// Everything that can go wrong while preparing or booting a nested guest.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +79,9 @@ pub enum NestedError {
     /// A step name cannot be used in the marker lines.
     #[error("step name {name:?} is not usable; use 1-40 characters from A-Z a-z 0-9 . _ - and no name twice")]
     InvalidStepName { name: String },
+    /// A kernel image is not what it should be (a bzImage with a known payload, a 64-bit ELF).
+    #[error("kernel image {}: {reason}; give a bzImage from Linux's arch/x86/boot (boot protocol 2.08 or newer)", path.display())]
+    BadKernelImage { path: PathBuf, reason: String },
     /// A file is not the kind of executable this harness can put into a guest.
     #[error("{}: {reason}", path.display())]
     BadExecutable { path: PathBuf, reason: String },
