@@ -112,6 +112,11 @@ pub struct VmConfig {
     /// Host CPU for each vCPU, in order.
     #[serde(default)]
     pub pin: Option<Vec<u32>>,
+    /// Install a seccomp filter in each vCPU thread before its first KVM_RUN (the filters
+    /// apply to those threads only). Turn off to debug, or where the embedding process
+    /// handles SIGSYS itself.
+    #[serde(default = "default_seccomp")]
+    pub seccomp: bool,
 }
 
 fn default_mem_mib() -> u64 {
@@ -119,6 +124,9 @@ fn default_mem_mib() -> u64 {
 }
 fn default_vcpus() -> u8 {
     1
+}
+fn default_seccomp() -> bool {
+    true
 }
 
 impl Default for VmConfig {
@@ -135,6 +143,7 @@ impl Default for VmConfig {
             prefault: false,
             shared_memory: false,
             pin: None,
+            seccomp: default_seccomp(),
         }
     }
 }

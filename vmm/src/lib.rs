@@ -14,6 +14,7 @@
 pub mod arch;
 pub mod config;
 pub mod exit;
+pub mod seccomp;
 pub mod state;
 pub mod timings;
 pub mod vcpu;

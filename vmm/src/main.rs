@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use images::BootProtocol;
+use vmm::seccomp::{self, ThreadKind};
 use vmm::{KernelSource, Vm, VmConfig, VmError};
 
 /// Exit code for bad input or setup errors (docs/GUEST_INTERFACE.md).
@@ -78,13 +79,22 @@ struct RunArgs {
     /// Write a JSON exit report (reason, code, timings, counters) to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Run without seccomp filters (for debugging; by default each vCPU thread and the main
+    /// thread allow only the syscalls they need).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn build_config(args: &RunArgs) -> Result<VmConfig, VmError> {
     if let Some(path) = &args.config {
-        return Ok(VmConfig::from_firecracker_file(path)?);
+        let mut config = VmConfig::from_firecracker_file(path)?;
+        config.seccomp = !args.no_seccomp;
+        return Ok(config);
     }
-    let mut config = VmConfig::default();
+    let mut config = VmConfig {
+        seccomp: !args.no_seccomp,
+        ..VmConfig::default()
+    };
     if let Some(k) = &args.kernel {
         config.kernel = KernelSource::Path(k.clone());
     }
@@ -139,7 +149,19 @@ fn run(args: RunArgs, start: Instant) -> Result<u8, VmError> {
         summary.mem_mib,
         summary.vcpus
     );
+    // Compiled before the boot so that a bad filter boots nothing; installed once the VM
+    // runs, before the helper threads below, which inherit it.
+    let main_filter = config
+        .seccomp
+        .then(|| seccomp::compile(ThreadKind::Main))
+        .transpose()?;
     let handle = vm.start()?;
+    if let Some(program) = &main_filter {
+        seccomp::apply(ThreadKind::Main, program)?;
+    }
+    if seccomp::selftest_requested(ThreadKind::Main) {
+        seccomp::run_selftest(ThreadKind::Main);
+    }
 
     let stopper = handle.stopper();
     std::thread::spawn(move || {

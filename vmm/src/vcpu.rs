@@ -7,9 +7,11 @@ use std::sync::Arc;
 use devices::Bus;
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use seccompiler::BpfProgram;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::exit::{host_has_hardware_virtualization, ExitReason};
+use crate::exit::ExitReason;
+use crate::seccomp::{self, ThreadKind};
 use crate::state::{Shared, VcpuControl};
 use crate::timings::Phase;
 
@@ -65,6 +67,10 @@ pub struct VcpuThread {
     pub mem: GuestMemoryMmap,
     /// VM-wide state.
     pub shared: Arc<Shared>,
+    /// The vCPU seccomp filter to install before the first KVM_RUN, if filtering is on.
+    pub seccomp: Option<Arc<BpfProgram>>,
+    /// The hidden self-test asked this thread to break its filter (vCPU 0 only).
+    pub seccomp_selftest: bool,
 }
 
 impl VcpuThread {
@@ -79,6 +85,16 @@ impl VcpuThread {
                     detail: format!("could not pin vCPU {} to host CPUs {cpus}: {e}", self.id),
                 });
             }
+        }
+        if let Some(program) = self.seccomp.take() {
+            if let Err(e) = seccomp::apply(ThreadKind::Vcpu, &program) {
+                self.shared.finish(ExitReason::VcpuError {
+                    detail: format!("vCPU {}: {e}", self.id),
+                });
+            }
+        }
+        if self.seccomp_selftest {
+            seccomp::run_selftest(ThreadKind::Vcpu);
         }
         loop {
             match self.shared.vcpu_control() {
@@ -193,7 +209,9 @@ impl VcpuThread {
             suberror,
             rip,
             bytes,
-            hardware_virtualization: host_has_hardware_virtualization(),
+            // Reading /proc/cpuinfo is no business of a (filtered) vCPU thread:
+            // `VmHandle::wait` fills this in.
+            hardware_virtualization: false,
         }
     }
 

@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::{acpi, cpu, cpuid, layout, loader, mptable};
 use crate::config::{ConfigError, KernelSource, VmConfig};
 use crate::exit::ExitReason;
+use crate::seccomp::{self, ThreadKind};
 use crate::state::{CountersReport, Shared, VmState};
 use crate::timings::{BootTimings, Phase, TimingsReport};
 use crate::vcpu::{install_kick_handler, VcpuThread};
@@ -93,6 +94,9 @@ pub enum VmError {
     /// A thread could not be started.
     #[error("could not start a vCPU thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The vCPU seccomp filter could not be built or its SIGSYS handler installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// What was booted, for reports.
@@ -145,6 +149,7 @@ pub struct Vm {
     device_counters: devices::LegacyCounters,
     boot_timer: Arc<devices::BootTimerStamp>,
     summary: BootSummary,
+    seccomp: bool,
 }
 
 /// Reads and identifies the kernel the config names.
@@ -369,6 +374,8 @@ fn create_vcpus(
             mmio: mmio.clone(),
             mem: mem.clone(),
             shared: shared.clone(),
+            seccomp: None,
+            seccomp_selftest: false,
         });
     }
     Ok(vcpus)
@@ -466,6 +473,7 @@ impl Vm {
             device_counters: prepared.devices.counters,
             boot_timer: prepared.devices.boot_timer,
             summary,
+            seccomp: config.seccomp,
         })
     }
 
@@ -475,8 +483,19 @@ impl Vm {
     }
 
     /// Starts the vCPU threads.
-    pub fn start(self) -> Result<VmHandle, VmError> {
+    pub fn start(mut self) -> Result<VmHandle, VmError> {
         install_kick_handler().map_err(VmError::Thread)?;
+        let filter = if self.seccomp {
+            seccomp::install_violation_handler()?;
+            Some(Arc::new(seccomp::compile(ThreadKind::Vcpu)?))
+        } else {
+            None
+        };
+        let selftest = seccomp::selftest_requested(ThreadKind::Vcpu);
+        for vcpu in &mut self.vcpus {
+            vcpu.seccomp = filter.clone();
+            vcpu.seccomp_selftest = selftest && vcpu.id == 0;
+        }
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus {
             let name = format!("vcpu{}", vcpu.id);
@@ -626,7 +645,14 @@ impl VmHandle {
 
     /// Waits for the VM to end, joins its threads and reports.
     pub fn wait(mut self) -> ExitReport {
-        let exit = self.shared.wait_exit();
+        let mut exit = self.shared.wait_exit();
+        if let ExitReason::InternalError {
+            hardware_virtualization,
+            ..
+        } = &mut exit
+        {
+            *hardware_virtualization = crate::exit::host_has_hardware_virtualization();
+        }
         self.sync_guest_main();
         for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
