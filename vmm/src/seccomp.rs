@@ -185,6 +185,10 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Seccom
     for nr in [libc::SYS_mmap, libc::SYS_mprotect] {
         rules.insert(nr, vec![masked_rule(kind, 2, exec, 0)?]);
     }
+    // Debug builds check that a descriptor is open before closing it: fcntl(fd, F_GETFD).
+    let getfd = libc::F_GETFD as u64;
+    let all = u64::from(u32::MAX);
+    rules.insert(libc::SYS_fcntl, vec![masked_rule(kind, 1, all, getfd)?]);
     if kind == ThreadKind::Vcpu {
         rules.insert(libc::SYS_ioctl, ioctl_rules(kind)?);
     }
