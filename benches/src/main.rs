@@ -79,11 +79,7 @@ fn memory(args: MemoryArgs) -> Result<(), BenchError> {
     let report = run_memory(&options, &mut std::io::stderr())?;
     print!("{}", render_memory_table(&report));
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").map_err(|source| BenchError::WriteJson {
-            path: path.clone(),
-            source,
-        })?;
+        write_json(path, &report)?;
     }
     Ok(())
 }
@@ -129,13 +125,18 @@ fn boot(args: BootArgs) -> Result<BootReport, BenchError> {
     let report = run_boot(&options, &mut std::io::stderr())?;
     print!("{}", render_table(&report));
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").map_err(|source| BenchError::WriteJson {
-            path: path.clone(),
-            source,
-        })?;
+        write_json(path, &report)?;
     }
     Ok(report)
+}
+
+/// Writes a report as pretty JSON for `--json`.
+fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<(), BenchError> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, text + "\n").map_err(|source| BenchError::WriteJson {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn main() -> ExitCode {

@@ -116,7 +116,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig, VmError> {
         config.pin = spec.pin;
     }
     config.boot_protocol = args.boot_protocol;
-    config.validate()?;
+    // Vm::new validates the config before creating anything.
     Ok(config)
 }
 
