@@ -17,9 +17,11 @@ pub mod exit;
 pub mod exit_ports;
 pub mod i8042;
 pub mod legacy;
+pub mod log;
 pub mod post;
 pub mod rtc;
 pub mod serial;
+pub mod virtio;
 
 pub use boot_timer::{BootStamp, BootTimer, BootTimerStamp};
 pub use bus::{Bus, BusDevice, BusError};

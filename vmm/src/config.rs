@@ -7,6 +7,8 @@ use images::BootProtocol;
 use numa::{CpuSpec, HugePages, MemorySpec};
 use serde::{Deserialize, Serialize};
 
+use crate::device_config::{DeviceConfigError, DiskCache, DiskConfig, NetConfig, VsockConfig};
+
 /// Largest vCPU count we build tables for.
 pub const MAX_VCPUS: u8 = 254;
 
@@ -54,6 +56,9 @@ pub enum ConfigError {
     /// A memory or vCPU option is not valid.
     #[error(transparent)]
     Spec(#[from] numa::SpecError),
+    /// A device option is not usable.
+    #[error(transparent)]
+    Device(#[from] DeviceConfigError),
     /// A Firecracker section we do not implement yet.
     #[error("config file {path}: {what} is not supported by edgevisor yet: remove it")]
     Unsupported {
@@ -117,6 +122,18 @@ pub struct VmConfig {
     /// handles SIGSYS itself.
     #[serde(default = "default_seccomp")]
     pub seccomp: bool,
+    /// virtio-blk disks, in order (the guest sees vda, vdb, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net cards on TAP devices.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    /// The virtio-vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-rng device.
+    #[serde(default)]
+    pub rng: bool,
 }
 
 fn default_mem_mib() -> u64 {
@@ -144,6 +161,10 @@ impl Default for VmConfig {
             shared_memory: false,
             pin: None,
             seccomp: default_seccomp(),
+            disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
+            rng: false,
         }
     }
 }
@@ -205,7 +226,29 @@ impl VmConfig {
         }
         self.memory_spec().validate()?;
         self.cpu_spec().validate()?;
+        for net in &self.nets {
+            net.validate()?;
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate()?;
+        }
+        let count = self.virtio_device_count();
+        if count > crate::virtio::MAX_DEVICES {
+            return Err(DeviceConfigError::TooMany {
+                count,
+                max: crate::virtio::MAX_DEVICES,
+            }
+            .into());
+        }
         Ok(())
+    }
+
+    /// How many virtio devices the config asks for.
+    pub fn virtio_device_count(&self) -> usize {
+        self.disks.len()
+            + self.nets.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng)
     }
 
     /// Reads a Firecracker `--config-file` document (the parts we support).
@@ -229,14 +272,10 @@ impl VmConfig {
             what: what.to_string(),
         };
         for (name, present) in [
-            ("\"drives\" (block devices)", !fc.drives.is_empty()),
-            ("\"network-interfaces\"", !fc.network_interfaces.is_empty()),
             ("\"balloon\"", fc.balloon.is_some()),
-            ("\"vsock\"", fc.vsock.is_some()),
             ("\"logger\"", fc.logger.is_some()),
             ("\"metrics\"", fc.metrics.is_some()),
             ("\"mmds-config\"", fc.mmds_config.is_some()),
-            ("\"entropy\"", fc.entropy.is_some()),
             ("\"cpu-config\"", fc.cpu_config.is_some()),
         ] {
             if present {
@@ -258,13 +297,30 @@ impl VmConfig {
             Some(value) => value.parse::<HugePages>()?,
         };
         let vcpus = mc.vcpu_count.unwrap_or(1);
+        let mut cmdline = fc.boot_source.boot_args.unwrap_or_default();
+        let disks = firecracker_drives(&fc.drives, &mut cmdline, path)?;
+        let nets = fc
+            .network_interfaces
+            .into_iter()
+            .map(|n| NetConfig {
+                tap: n.host_dev_name,
+                mac: n.guest_mac,
+            })
+            .collect();
         let config = VmConfig {
             kernel: KernelSource::Path(fc.boot_source.kernel_image_path),
             initrd: fc.boot_source.initrd_path,
-            cmdline: fc.boot_source.boot_args.unwrap_or_default(),
+            cmdline,
             mem_mib: mc.mem_size_mib.unwrap_or(default_mem_mib()),
             vcpus: u8::try_from(vcpus).map_err(|_| ConfigError::BadVcpus(vcpus))?,
             hugepages,
+            disks,
+            nets,
+            vsock: fc.vsock.map(|v| VsockConfig {
+                cid: v.guest_cid,
+                uds: v.uds_path,
+            }),
+            rng: fc.entropy.is_some(),
             ..VmConfig::default()
         };
         config.validate()?;
@@ -288,13 +344,13 @@ struct FirecrackerConfig {
     #[serde(rename = "machine-config", default)]
     machine_config: Option<FcMachineConfig>,
     #[serde(default)]
-    drives: Vec<serde_json::Value>,
+    drives: Vec<FcDrive>,
     #[serde(rename = "network-interfaces", default)]
-    network_interfaces: Vec<serde_json::Value>,
+    network_interfaces: Vec<FcNetworkInterface>,
     #[serde(default)]
     balloon: Option<serde_json::Value>,
     #[serde(default)]
-    vsock: Option<serde_json::Value>,
+    vsock: Option<FcVsock>,
     #[serde(default)]
     logger: Option<serde_json::Value>,
     #[serde(default)]
@@ -305,6 +361,96 @@ struct FirecrackerConfig {
     entropy: Option<serde_json::Value>,
     #[serde(rename = "cpu-config", default)]
     cpu_config: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcDrive {
+    drive_id: String,
+    path_on_host: PathBuf,
+    #[serde(default)]
+    is_root_device: bool,
+    #[serde(default)]
+    is_read_only: Option<bool>,
+    #[serde(default)]
+    cache_type: Option<String>,
+    #[serde(default)]
+    partuuid: Option<String>,
+    #[serde(default)]
+    io_engine: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcNetworkInterface {
+    #[allow(dead_code)]
+    iface_id: String,
+    host_dev_name: String,
+    #[serde(default)]
+    guest_mac: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcVsock {
+    #[serde(default)]
+    #[allow(dead_code)]
+    vsock_id: Option<String>,
+    guest_cid: u64,
+    uds_path: PathBuf,
+}
+
+/// Firecracker's drives: disks in order, the root device first (it becomes /dev/vda and
+/// `root=` is added to the command line, as Firecracker does).
+fn firecracker_drives(
+    drives: &[FcDrive],
+    cmdline: &mut String,
+    path: &Path,
+) -> Result<Vec<DiskConfig>, ConfigError> {
+    let unsupported = |what: String| ConfigError::Unsupported {
+        path: path.to_path_buf(),
+        what,
+    };
+    let mut ordered: Vec<&FcDrive> = drives.iter().filter(|d| d.is_root_device).collect();
+    if ordered.len() > 1 {
+        return Err(unsupported(
+            "more than one drive with is_root_device = true".into(),
+        ));
+    }
+    ordered.extend(drives.iter().filter(|d| !d.is_root_device));
+    let mut disks = Vec::with_capacity(ordered.len());
+    for d in ordered {
+        let cache = match d.cache_type.as_deref() {
+            None | Some("Writeback") => DiskCache::Writeback,
+            Some("Unsafe") => DiskCache::Unsafe,
+            Some(other) => {
+                return Err(unsupported(format!(
+                    "drives[{}].cache_type = {other:?} (use \"Unsafe\" or \"Writeback\")",
+                    d.drive_id
+                )))
+            }
+        };
+        if d.partuuid.is_some() {
+            return Err(unsupported(format!("drives[{}].partuuid", d.drive_id)));
+        }
+        if d.io_engine.as_deref().is_some_and(|e| e != "Sync") {
+            return Err(unsupported(format!(
+                "drives[{}].io_engine other than \"Sync\"",
+                d.drive_id
+            )));
+        }
+        let readonly = d.is_read_only.unwrap_or(false);
+        if d.is_root_device {
+            let mode = if readonly { "ro" } else { "rw" };
+            cmdline.push_str(&format!(" root=/dev/vda {mode}"));
+        }
+        disks.push(DiskConfig {
+            path: d.path_on_host.clone(),
+            readonly,
+            cache,
+        });
+    }
+    Ok(disks)
 }
 
 #[derive(Deserialize)]
@@ -377,16 +523,55 @@ mod tests {
 
     #[test]
     fn unsupported_sections_are_named() {
+        let e = fc(r#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {}}"#).unwrap_err();
+        assert!(e.to_string().contains("balloon"), "{e}");
         let e =
             fc(r#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a"}]}"#)
                 .unwrap_err();
-        assert!(e.to_string().contains("drives"), "{e}");
+        assert!(e.to_string().contains("path_on_host"), "{e}");
+        let e = fc(r#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [
+            {"drive_id": "a", "path_on_host": "/a", "is_root_device": false, "cache_type": "None"}]}"#)
+        .unwrap_err();
+        assert!(e.to_string().contains("cache_type"), "{e}");
         let e = fc(r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"mem_size_mib": 0}}"#)
             .unwrap_err();
         assert!(matches!(e, ConfigError::ZeroMemory));
         let e = fc(r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 300}}"#)
             .unwrap_err();
         assert!(matches!(e, ConfigError::BadVcpus(300)));
+    }
+
+    #[test]
+    fn firecracker_devices_map_to_virtio_devices() {
+        let c = fc(r#"{
+            "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0"},
+            "drives": [
+                {"drive_id": "data", "path_on_host": "/data.img", "is_root_device": false,
+                 "is_read_only": true, "cache_type": "Unsafe"},
+                {"drive_id": "rootfs", "path_on_host": "/root.img", "is_root_device": true,
+                 "is_read_only": false}
+            ],
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
+                                    "guest_mac": "02:00:00:00:00:01"}],
+            "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock"},
+            "entropy": {}
+        }"#)
+        .unwrap();
+        assert_eq!(c.disks.len(), 2);
+        assert_eq!(
+            c.disks[0].path,
+            PathBuf::from("/root.img"),
+            "root device first"
+        );
+        assert!(!c.disks[0].readonly);
+        assert_eq!(c.disks[1].cache, DiskCache::Unsafe);
+        assert!(c.disks[1].readonly);
+        assert_eq!(c.cmdline, "console=ttyS0 root=/dev/vda rw");
+        assert_eq!(c.nets[0].tap, "tap0");
+        assert_eq!(c.nets[0].mac_bytes(), Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(c.vsock.as_ref().map(|v| v.cid), Some(3));
+        assert!(c.rng);
+        assert_eq!(c.virtio_device_count(), 5);
     }
 
     #[test]

@@ -13,15 +13,17 @@
 
 pub mod arch;
 pub mod config;
+pub mod device_config;
 pub mod exit;
 pub mod seccomp;
 pub mod state;
 pub mod timings;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 pub use config::{KernelSource, VmConfig};
 pub use exit::ExitReason;
 pub use state::VmState;
 pub use timings::TimingsReport;
-pub use vm::{BootSummary, ExitReport, Vm, VmError, VmHandle, VmStopper};
+pub use vm::{BootSummary, ExitReport, Vm, VmControl, VmError, VmHandle, VmStopper};

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use images::BootProtocol;
+use vmm::device_config::{DiskConfig, NetConfig, VsockConfig};
 use vmm::seccomp::{self, ThreadKind};
 use vmm::{KernelSource, Vm, VmConfig, VmError};
 
@@ -27,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a guest and wait for it to end (the built-in boot probe when no --kernel is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Tell what kind of kernel image a file is and how it can boot.
     Inspect {
         /// The image file.
@@ -70,7 +71,21 @@ struct RunArgs {
     /// Force a boot protocol: linux64, pvh or multiboot (default: the image's preferred one).
     #[arg(long, conflicts_with = "config")]
     boot_protocol: Option<BootProtocol>,
-    /// A Firecracker --config-file JSON document (boot-source, machine-config).
+    /// A virtio-blk disk: path=FILE[,readonly=on][,cache=writeback|unsafe]; repeatable.
+    #[arg(long, conflicts_with = "config")]
+    disk: Vec<String>,
+    /// A virtio-net card on a TAP device: tap=NAME[,mac=MAC]; repeatable. A missing TAP is
+    /// created, and removed again when the VM ends.
+    #[arg(long, conflicts_with = "config")]
+    net: Vec<String>,
+    /// A virtio-vsock device: cid=N,uds=PATH (Firecracker's hybrid Unix-socket model).
+    #[arg(long, conflicts_with = "config")]
+    vsock: Option<String>,
+    /// A virtio-rng device fed from the host's getrandom.
+    #[arg(long, conflicts_with = "config")]
+    rng: bool,
+    /// A Firecracker --config-file JSON document (boot-source, machine-config, drives,
+    /// network-interfaces, vsock, entropy).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Print the boot phases measured by the VMM when the guest ends.
@@ -116,6 +131,19 @@ fn build_config(args: &RunArgs) -> Result<VmConfig, VmError> {
         config.pin = spec.pin;
     }
     config.boot_protocol = args.boot_protocol;
+    let device_err = vmm::config::ConfigError::from;
+    for disk in &args.disk {
+        config
+            .disks
+            .push(DiskConfig::parse(disk).map_err(device_err)?);
+    }
+    for net in &args.net {
+        config.nets.push(NetConfig::parse(net).map_err(device_err)?);
+    }
+    if let Some(vsock) = &args.vsock {
+        config.vsock = Some(VsockConfig::parse(vsock).map_err(device_err)?);
+    }
+    config.rng = args.rng;
     // Vm::new validates the config before creating anything.
     Ok(config)
 }
@@ -249,7 +277,7 @@ fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args, start).map_err(|e| e.to_string()),
+        Command::Run(args) => run(*args, start).map_err(|e| e.to_string()),
         Command::Inspect { image } => inspect(image).map_err(|e| e.to_string()),
         Command::Node { json } => show_node(json),
         Command::Firmware { dir } => export_firmware(dir),

@@ -34,6 +34,10 @@ pub enum ThreadKind {
     Vcpu,
     /// The CLI's main thread (and the helper threads spawned after its filter).
     Main,
+    /// The device event loop: virtio queues and their host back ends.
+    EventLoop,
+    /// The per-VM control socket (`--api-socket`).
+    Api,
 }
 
 impl ThreadKind {
@@ -42,6 +46,8 @@ impl ThreadKind {
         match self {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Main => "main",
+            ThreadKind::EventLoop => "event-loop",
+            ThreadKind::Api => "api",
         }
     }
 
@@ -49,6 +55,8 @@ impl ThreadKind {
         match self {
             ThreadKind::Vcpu => TAG_VCPU,
             ThreadKind::Main => TAG_MAIN,
+            ThreadKind::EventLoop => TAG_EVENT_LOOP,
+            ThreadKind::Api => TAG_API,
         }
     }
 }
@@ -132,6 +140,26 @@ const MAIN_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_openat,
 ];
 
+/// Extra for the device event loop thread: waiting on its epoll set, draining eventfds and
+/// serving back ends (TAP, block files, Unix sockets).
+const EVENT_LOOP_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_read,
+    libc::SYS_readv,
+    libc::SYS_pread64,
+    libc::SYS_preadv,
+    libc::SYS_pwrite64,
+    libc::SYS_pwritev,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_getrandom,
+];
+
+/// Extra for the per-VM control socket thread.
+const API_SYSCALLS: &[libc::c_long] = &[libc::SYS_read];
+
 fn build_error(kind: ThreadKind) -> impl Fn(seccompiler::BackendError) -> SeccompError {
     move |e| SeccompError::Build {
         kind: kind.name(),
@@ -174,6 +202,8 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Seccom
     let extra = match kind {
         ThreadKind::Vcpu => &[][..],
         ThreadKind::Main => MAIN_SYSCALLS,
+        ThreadKind::EventLoop => EVENT_LOOP_SYSCALLS,
+        ThreadKind::Api => API_SYSCALLS,
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON_SYSCALLS
         .iter()
@@ -238,6 +268,8 @@ pub fn run_selftest(kind: ThreadKind) {
 const TAG_HELPER: u8 = 0;
 const TAG_VCPU: u8 = 1;
 const TAG_MAIN: u8 = 2;
+const TAG_EVENT_LOOP: u8 = 3;
+const TAG_API: u8 = 4;
 
 thread_local! {
     /// Which filter this thread installed itself; helpers that inherited one keep TAG_HELPER.
@@ -294,6 +326,8 @@ fn violation_message(tag: u8, syscall: i64) -> MessageBuf {
     let kind: &[u8] = match tag {
         TAG_VCPU => b"vcpu",
         TAG_MAIN => b"main",
+        TAG_EVENT_LOOP => b"event-loop",
+        TAG_API => b"api",
         _ => b"helper",
     };
     let mut msg = MessageBuf {

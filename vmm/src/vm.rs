@@ -23,6 +23,9 @@ use crate::seccomp::{self, ThreadKind};
 use crate::state::{CountersReport, Shared, VmState};
 use crate::timings::{BootTimings, Phase, TimingsReport};
 use crate::vcpu::{install_kick_handler, VcpuThread};
+use crate::virtio::{self, AttachedDevices, VirtioError};
+use devices::virtio::event_loop::{DeviceSubscriber, EventLoop};
+use devices::virtio::{VirtioCounterSnapshot, VirtioCounters};
 
 /// Address KVM uses for its TSS on Intel (three pages below the BIOS area).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -97,6 +100,12 @@ pub enum VmError {
     /// The vCPU seccomp filter could not be built or its SIGSYS handler installed.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
+    /// The device event loop could not start.
+    #[error(transparent)]
+    EventLoop(#[from] devices::virtio::event_loop::EventLoopError),
 }
 
 /// What was booted, for reports.
@@ -137,6 +146,8 @@ pub struct ExitReport {
     pub devices: BTreeMap<&'static str, devices::CounterSnapshot>,
     /// Bytes the guest wrote to its serial port.
     pub serial_bytes: u64,
+    /// Per virtio device counters, by device name (block0, net0, ...).
+    pub virtio: BTreeMap<String, VirtioCounterSnapshot>,
 }
 
 /// A built VM, not yet running.
@@ -150,6 +161,17 @@ pub struct Vm {
     boot_timer: Arc<devices::BootTimerStamp>,
     summary: BootSummary,
     seccomp: bool,
+    virtio_subscribers: Vec<DeviceSubscriber>,
+    virtio_counters: VirtioCounterList,
+}
+
+/// Counters of each virtio device, by name.
+type VirtioCounterList = Arc<Vec<(String, Arc<VirtioCounters>)>>;
+
+fn virtio_snapshot(list: &VirtioCounterList) -> BTreeMap<String, VirtioCounterSnapshot> {
+    list.iter()
+        .map(|(name, counters)| (name.clone(), counters.snapshot()))
+        .collect()
 }
 
 /// Reads and identifies the kernel the config names.
@@ -222,7 +244,10 @@ impl GuestInputs {
             name,
             protocol,
             initrd,
-            cmdline: config.cmdline.clone(),
+            cmdline: virtio::add_tokens(
+                &config.cmdline,
+                &virtio::cmdline_tokens(config.virtio_device_count()),
+            ),
             mem_bytes: config.mem_mib << 20,
         })
     }
@@ -356,7 +381,7 @@ fn create_vcpus(
 ) -> Result<Vec<VcpuThread>, VmError> {
     let count = shared.vcpu_count() as u8;
     let pio = prepared.devices.pio.clone();
-    let mmio = Arc::new(Bus::new());
+    let mmio = prepared.devices.mmio.clone();
     let mut vcpus = Vec::with_capacity(count as usize);
     for id in 0..count {
         let fd = vm_fd
@@ -430,6 +455,9 @@ impl Vm {
     ) -> Result<Vm, VmError> {
         config.validate()?;
         let guest = GuestInputs::read(config)?;
+        // Device back ends (disk images, TAPs, sockets) are opened before anything else is
+        // created, so a bad one leaves nothing behind.
+        let backends = virtio::open_backends(config)?;
         // Memory and placement are checked and guest RAM is mapped before any KVM object
         // exists: a short hugepage pool or a missing node leaves nothing behind.
         let placement = Placement::resolve(config)?;
@@ -450,7 +478,13 @@ impl Vm {
             what: "PIT",
             detail: "the thread creating it panicked".into(),
         })??;
-        let prepared = prepared?;
+        let mut prepared = prepared?;
+        let AttachedDevices {
+            mmio,
+            subscribers,
+            counters,
+        } = virtio::attach(backends, &vm_fd, &mem)?;
+        prepared.devices.mmio = Arc::new(mmio);
         shared.timings.stamp(Phase::KvmReady);
 
         let vcpus = create_vcpus(&vm_fd, &mem, &prepared, &shared, &placement)?;
@@ -474,6 +508,8 @@ impl Vm {
             boot_timer: prepared.devices.boot_timer,
             summary,
             seccomp: config.seccomp,
+            virtio_subscribers: subscribers,
+            virtio_counters: Arc::new(counters),
         })
     }
 
@@ -491,6 +527,7 @@ impl Vm {
         } else {
             None
         };
+        let event_loop = self.start_event_loop()?;
         let selftest = seccomp::selftest_requested(ThreadKind::Vcpu);
         for vcpu in &mut self.vcpus {
             vcpu.seccomp = filter.clone();
@@ -522,13 +559,41 @@ impl Vm {
             device_counters: self.device_counters,
             boot_timer: self.boot_timer,
             summary: self.summary,
+            event_loop,
+            virtio_counters: self.virtio_counters,
         })
+    }
+
+    /// Starts the device event loop when the VM has virtio devices; under seccomp the loop's
+    /// thread installs its own filter before serving anything.
+    fn start_event_loop(&mut self) -> Result<Option<EventLoop>, VmError> {
+        let subscribers = std::mem::take(&mut self.virtio_subscribers);
+        if subscribers.is_empty() {
+            return Ok(None);
+        }
+        let program = if self.seccomp {
+            Some(seccomp::compile(ThreadKind::EventLoop)?)
+        } else {
+            None
+        };
+        let selftest = seccomp::selftest_requested(ThreadKind::EventLoop);
+        let on_start = Box::new(move || {
+            if let Some(program) = &program {
+                seccomp::apply(ThreadKind::EventLoop, program).map_err(|e| e.to_string())?;
+            }
+            if selftest {
+                seccomp::run_selftest(ThreadKind::EventLoop);
+            }
+            Ok(())
+        });
+        Ok(Some(EventLoop::spawn(subscribers, on_start)?))
     }
 }
 
 /// The legacy devices and the handles the VMM keeps on them.
 struct Devices {
     pio: Arc<Bus>,
+    mmio: Arc<Bus>,
     serial: Arc<Mutex<devices::Serial>>,
     counters: devices::LegacyCounters,
     boot_timer: Arc<devices::BootTimerStamp>,
@@ -560,6 +625,7 @@ fn build_devices(
         })?;
     Ok(Devices {
         pio: Arc::new(legacy.bus),
+        mmio: Arc::new(Bus::new()),
         serial: legacy.serial,
         counters: legacy.counters,
         boot_timer,
@@ -594,6 +660,8 @@ pub struct VmHandle {
     device_counters: devices::LegacyCounters,
     boot_timer: Arc<devices::BootTimerStamp>,
     summary: BootSummary,
+    event_loop: Option<EventLoop>,
+    virtio_counters: VirtioCounterList,
 }
 
 impl VmHandle {
@@ -643,6 +711,17 @@ impl VmHandle {
         VmStopper(self.shared.clone())
     }
 
+    /// A cloneable controller for another thread (e.g. a control socket): state, pause,
+    /// resume, stop and timings, without owning the VM.
+    pub fn control(&self) -> VmControl {
+        VmControl {
+            shared: self.shared.clone(),
+            boot_timer: self.boot_timer.clone(),
+            summary: self.summary.clone(),
+            virtio_counters: self.virtio_counters.clone(),
+        }
+    }
+
     /// Waits for the VM to end, joins its threads and reports.
     pub fn wait(mut self) -> ExitReport {
         let mut exit = self.shared.wait_exit();
@@ -657,6 +736,9 @@ impl VmHandle {
         for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
+        if let Some(mut event_loop) = self.event_loop.take() {
+            event_loop.stop();
+        }
         let devices = device_counters(&self.device_counters);
         let serial_bytes = devices.get("serial").map(|c| c.bytes_out).unwrap_or(0);
         ExitReport {
@@ -668,6 +750,7 @@ impl VmHandle {
             counters: self.shared.counters.snapshot(),
             devices,
             serial_bytes,
+            virtio: virtio_snapshot(&self.virtio_counters),
         }
     }
 }
@@ -725,6 +808,60 @@ impl VmStopper {
     /// Ends the VM with reason `stopped`.
     pub fn stop(&self) {
         self.0.finish(ExitReason::Stopped);
+    }
+}
+
+/// Controls a running VM from any thread; see [`VmHandle::control`].
+#[derive(Clone)]
+pub struct VmControl {
+    shared: Arc<Shared>,
+    boot_timer: Arc<devices::BootTimerStamp>,
+    summary: BootSummary,
+    virtio_counters: VirtioCounterList,
+}
+
+impl VmControl {
+    /// Current state.
+    pub fn state(&self) -> VmState {
+        self.shared.state()
+    }
+
+    /// Parks every vCPU; false if the VM had exited.
+    pub fn pause(&self) -> bool {
+        self.shared.pause()
+    }
+
+    /// Lets the vCPUs run again; false if the VM had exited.
+    pub fn resume(&self) -> bool {
+        self.shared.resume()
+    }
+
+    /// Ends the VM with reason `stopped`.
+    pub fn stop(&self) {
+        self.shared.finish(ExitReason::Stopped);
+    }
+
+    /// Boot phases so far.
+    pub fn timings(&self) -> TimingsReport {
+        if let Some(first) = self.boot_timer.first() {
+            self.shared.timings.stamp_at(Phase::GuestMain, first.at);
+        }
+        self.shared.timings.snapshot()
+    }
+
+    /// VM-wide counters so far (exits by kind).
+    pub fn counters(&self) -> CountersReport {
+        self.shared.counters.snapshot()
+    }
+
+    /// What was booted.
+    pub fn summary(&self) -> &BootSummary {
+        &self.summary
+    }
+
+    /// Counters of each virtio device so far, by device name.
+    pub fn virtio_counters(&self) -> BTreeMap<String, VirtioCounterSnapshot> {
+        virtio_snapshot(&self.virtio_counters)
     }
 }
 
