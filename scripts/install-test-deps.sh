@@ -9,12 +9,14 @@
 #   binutils         as/ld for the firmware guests; readelf finds the vmlinux's PVH note
 #   dpkg             dpkg-deb unpacks the Debian kernel package that apt-get download fetches
 #   libc-bin         ldd, to copy edgevisor's shared libraries into the L1 guest
+#   acpica-tools     iasl disassembles our DSDT in vmm/tests/acpi_iasl.rs
+#   iproute2         ip netns / ip link for the TAP tests in their own network namespaces
 #
 # apt-get update runs first so apt-cache knows the newest linux-image-6.1.0-*-cloud-amd64,
 # which the nested tests download once into <target>/nested-cache/.
 set -euo pipefail
 
-packages=(qemu-system-x86 busybox-static cpio xz-utils lz4 binutils dpkg libc-bin ca-certificates)
+packages=(qemu-system-x86 busybox-static cpio xz-utils lz4 binutils dpkg libc-bin ca-certificates acpica-tools iproute2)
 
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then

@@ -141,6 +141,18 @@ pub fn slot(index: usize) -> Option<(u64, u32)> {
     Some((MMIO_BASE + index as u64 * MMIO_WINDOW_SIZE, irq))
 }
 
+/// The windows of `count` devices, for the DSDT.
+pub fn acpi_devices(count: usize) -> Vec<crate::arch::x86_64::aml::MmioDevice> {
+    (0..count)
+        .filter_map(slot)
+        .map(|(base, irq)| crate::arch::x86_64::aml::MmioDevice {
+            base: base as u32,
+            len: MMIO_WINDOW_SIZE as u32,
+            irq,
+        })
+        .collect()
+}
+
 /// `virtio_mmio.device=` tokens for `count` devices.
 pub fn cmdline_tokens(count: usize) -> Vec<String> {
     (0..count)

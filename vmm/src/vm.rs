@@ -230,6 +230,7 @@ struct GuestInputs {
     initrd: Option<Vec<u8>>,
     cmdline: String,
     mem_bytes: u64,
+    virtio_devices: usize,
 }
 
 impl GuestInputs {
@@ -249,6 +250,7 @@ impl GuestInputs {
                 &virtio::cmdline_tokens(config.virtio_device_count()),
             ),
             mem_bytes: config.mem_mib << 20,
+            virtio_devices: config.virtio_device_count(),
         })
     }
 
@@ -363,7 +365,7 @@ fn prepare_guest(
     cpu::write_boot_tables(mem)?;
     let vcpus = shared.vcpu_count() as u8;
     mptable::write(mem, vcpus)?;
-    acpi::write(mem, vcpus)?;
+    acpi::write(mem, vcpus, &virtio::acpi_devices(guest.virtio_devices))?;
     let devices = build_devices(vm_fd, shared, console)?;
     Ok(PreparedGuest {
         boot,

@@ -10,6 +10,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::aml::{self, MmioDevice};
 use super::mptable::{APIC_ADDR, IOAPIC_ADDR};
 
 /// Where the RSDP goes: the BIOS area Linux scans (0xE0000-0xFFFFF), reserved in the e820.
@@ -151,7 +152,7 @@ fn madt(cpus: u8) -> Vec<u8> {
 }
 
 /// The tables and where each goes: RSDP first, at RSDP_START.
-pub fn build(cpus: u8) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
+pub fn build(cpus: u8, virtio: &[MmioDevice]) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     let align = |a: u64, to: u64| a.next_multiple_of(to);
     let xsdt_addr = RSDP_START + 64;
     let xsdt_len = 36 + 2 * 8; // two pointers: FADT, MADT
@@ -160,6 +161,7 @@ pub fn build(cpus: u8) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     let dsdt = {
         let mut t = Table::new(b"DSDT", 2);
         t.bytes(&DSDT_S5);
+        t.bytes(&aml::virtio_mmio_scope(virtio));
         t.finish()
     };
     let dsdt_addr = align(facs_addr + facs.len() as u64, 16);
@@ -195,8 +197,8 @@ pub fn build(cpus: u8) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
 }
 
 /// Writes the tables for `cpus` vCPUs; returns the RSDP's address.
-pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64, AcpiError> {
-    for (addr, bytes) in build(cpus)? {
+pub fn write(mem: &GuestMemoryMmap, cpus: u8, virtio: &[MmioDevice]) -> Result<u64, AcpiError> {
+    for (addr, bytes) in build(cpus, virtio)? {
         mem.write_slice(&bytes, GuestAddress(addr))
             .map_err(AcpiError::GuestMemory)?;
     }
@@ -219,7 +221,7 @@ mod tests {
 
     #[test]
     fn every_table_is_well_formed_and_linked() {
-        let tables = build(4).unwrap();
+        let tables = build(4, &[]).unwrap();
         let find = |addr: u64| &tables.iter().find(|(a, _)| *a == addr).unwrap().1;
         let rsdp = find(RSDP_START);
         assert_eq!(&rsdp[0..8], b"RSD PTR ");
@@ -254,7 +256,7 @@ mod tests {
 
     #[test]
     fn madt_lists_each_cpu_once_and_one_ioapic() {
-        let tables = build(3).unwrap();
+        let tables = build(3, &[]).unwrap();
         let madt = &tables.iter().find(|(_, t)| &t[0..4] == b"APIC").unwrap().1;
         let mut off = 44;
         let (mut cpus, mut ioapics) = (Vec::new(), 0);
@@ -275,9 +277,32 @@ mod tests {
         assert_eq!(ioapics, 1);
     }
 
+    fn full_virtio() -> Vec<MmioDevice> {
+        (0..9u32)
+            .map(|i| MmioDevice {
+                base: 0xd000_0000 + i * 0x1000,
+                len: 0x1000,
+                irq: 5 + i,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn virtio_devices_are_described_in_the_dsdt() {
+        let tables = build(1, &full_virtio()[..2]).unwrap();
+        let dsdt = &tables[3].1;
+        assert_eq!(&dsdt[0..4], b"DSDT");
+        assert_eq!(u32_at(dsdt, 4) as usize, dsdt.len());
+        assert_eq!(sum(dsdt), 0);
+        let body = &dsdt[36..];
+        assert_eq!(&body[..5], b"\x08_S5_");
+        assert_eq!(body.windows(8).filter(|w| *w == b"LNRO0005").count(), 2);
+    }
+
+    #[test]
     #[test]
     fn the_largest_guest_still_fits() {
-        let tables = build(254).unwrap();
+        let tables = build(254, &full_virtio()).unwrap();
         let (addr, last) = tables.last().unwrap();
         assert!(addr + last.len() as u64 <= TABLES_END);
     }

@@ -2,6 +2,7 @@
 //! and MP tables.
 
 pub mod acpi;
+pub mod aml;
 pub mod boot_info;
 pub mod cpu;
 pub mod cpuid;
