@@ -300,7 +300,6 @@ mod tests {
     }
 
     #[test]
-    #[test]
     fn the_largest_guest_still_fits() {
         let tables = build(254, &full_virtio()).unwrap();
         let (addr, last) = tables.last().unwrap();
