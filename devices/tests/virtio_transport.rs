@@ -497,3 +497,31 @@ fn a_writable_image_is_locked_against_a_second_vm() {
     .unwrap();
     assert!(e.to_string().contains("missing.img"), "{e}");
 }
+
+#[test]
+fn with_event_idx_the_device_publishes_avail_event_after_each_drain() {
+    let mut d = rng_driver();
+    let offered = d.offered();
+    assert_ne!(offered & (1 << 29), 0, "EVENT_IDX offered");
+    let st = d.negotiate(1 << 32 | 1 << 29);
+    d.setup_queue(QSIZE as u32, DESC, AVAIL, USED);
+    d.w(0x70, st | status::DRIVER_OK);
+    // avail_event sits after the used ring's elements.
+    let avail_event = GuestAddress(USED + 4 + 8 * QSIZE as u64);
+    for round in 1..=3u16 {
+        d.desc(0, DATA, 8, F_WRITE, 0);
+        d.submit(0);
+        assert_eq!(d.used(), (0, 8));
+        // A driver only kicks again once its new avail index passes avail_event: the device
+        // must have moved it to the index it will look at next.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let event: u16 = d.mem.read_obj(avail_event).unwrap();
+            if event == round {
+                break;
+            }
+            assert!(Instant::now() < deadline, "avail_event stuck at {event}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}

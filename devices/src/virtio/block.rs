@@ -358,7 +358,13 @@ impl Block {
             return;
         };
         let mut completed = false;
-        while let Some(popped) = active.queue.pop(&active.mem) {
+        loop {
+            let Some(popped) = active.queue.pop(&active.mem) else {
+                if active.queue.enable_notification(&active.mem) {
+                    continue;
+                }
+                break;
+            };
             completed = true;
             let chain = match popped {
                 Popped::Chain(chain) => chain,

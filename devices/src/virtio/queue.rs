@@ -337,6 +337,15 @@ impl QueueHandler {
         self.queue.go_to_previous_position();
     }
 
+    /// Re-enables kicks after the ring was drained: with VIRTIO_F_EVENT_IDX this publishes
+    /// `avail_event`, without which a driver stops kicking after its first request. Returns
+    /// true when more chains arrived meanwhile: serve them and call this again. Every device
+    /// must drain its queue in that loop:
+    /// `loop { while let Some(p) = q.pop(&mem) { .. } if !q.enable_notification(&mem) { break } }`.
+    pub fn enable_notification(&mut self, mem: &Memory) -> bool {
+        self.queue.enable_notification(mem).unwrap_or(false)
+    }
+
     /// Whether the driver wants an interrupt for what was just completed (event-idx aware).
     pub fn needs_notification(&mut self, mem: &Memory) -> bool {
         self.queue.needs_notification(mem).unwrap_or(true)
