@@ -473,6 +473,99 @@ fn wrong_magic_fails_the_magic_check() {
 }
 
 #[test]
+fn virtio_tokens_after_a_double_dash_are_ignored() {
+    if kvm_tests_skipped() {
+        return;
+    }
+    // Everything after `--` belongs to init, as for Linux: no device, no new output.
+    for protocol in [Protocol::Linux64, Protocol::Multiboot] {
+        let spec = BootSpec::new(protocol)
+            .with_cmdline("console=ttyS0 -- virtio_mmio.device=4K@0xd0000000:5");
+        assert_pass(&spec, protocol.name(), GuestExit::PowerOff(0x2000));
+    }
+}
+
+#[test]
+fn virtio_token_without_a_device_fails_the_magic_check() {
+    if kvm_tests_skipped() {
+        return;
+    }
+    // This harness answers every MMIO read with all ones: no virtio magic there.
+    for (protocol, token) in [
+        (Protocol::Pvh, "virtio_mmio.device=4K@0xd0000000:5"),
+        (
+            Protocol::BzImage,
+            "libvirtio_mmio.device=0x200@0xd0001000:6:1",
+        ),
+    ] {
+        let spec = BootSpec::new(protocol).with_cmdline(&format!("console=ttyS0 {token}"));
+        let base = token
+            .split_once('@')
+            .and_then(|(_, rest)| rest.split_once(':'))
+            .map(|(base, _)| base)
+            .unwrap_or_default();
+        let out = assert_fail(
+            &spec,
+            "virtio",
+            &format!("no virtio-mmio magic 0x74726976 at base={base}"),
+        );
+        assert!(
+            out.serial.contains("probe: rtc "),
+            "the virtio checks run after the RTC check:\n{}",
+            out.serial
+        );
+    }
+}
+
+#[test]
+fn malformed_virtio_tokens_fail() {
+    if kvm_tests_skipped() {
+        return;
+    }
+    for token in [
+        "virtio_mmio.device=4K@0xd0000000",
+        "virtio_mmio.device=4K@0xd0000000:",
+        "virtio_mmio.device=4K0xd0000000:5",
+        "virtio_mmio.device=4K@0x1d0000000:5",
+        "virtio_mmio.device=4K@0xfffff800:5",
+        "virtio_mmio.device=16@0xd0000000:5",
+        "virtio_mmio.device=4K@0xd0000000:5x",
+        "virtio_mmio.device=@0xd0000000:5",
+    ] {
+        let spec = BootSpec::new(Protocol::Linux64).with_cmdline(token);
+        assert_fail(&spec, "virtio", "bad virtio_mmio.device= token");
+    }
+}
+
+#[test]
+fn more_than_eight_virtio_tokens_fail_before_any_device_is_touched() {
+    if kvm_tests_skipped() {
+        return;
+    }
+    let tokens = |n: u32| -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "virtio_mmio.device=4K@{:#x}:{}",
+                    0xd000_0000 + i * 0x1000,
+                    5 + i
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let spec = BootSpec::new(Protocol::Linux64).with_cmdline(&tokens(9));
+    assert_fail(&spec, "virtio", "more than 8 virtio_mmio.device= tokens");
+    // Eight are accepted: the first device is probed (and has no magic here).
+    let spec = BootSpec::new(Protocol::Linux64).with_cmdline(&tokens(8));
+    assert_fail(
+        &spec,
+        "virtio",
+        "no virtio-mmio magic 0x74726976 at base=0xd0000000",
+    );
+}
+
+#[test]
 fn fnv1a_reference_matches_published_vectors() {
     // Vectors from the FNV reference (draft-eastlake-fnv): the test's own hash must
     // be right for the initrd comparisons above to mean anything.

@@ -41,6 +41,22 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 echo \"L2-INIT-OK release=$(uname -r)\"
 echo \"L2-CPUS=$(grep -c ^processor /proc/cpuinfo)\"
+if grep -q l2.virtio /proc/cmdline; then
+  mount -t sysfs sysfs /sys
+  mount -t devtmpfs devtmpfs /dev
+  for m in virtio_ring virtio virtio_mmio virtio_blk virtio-rng failover net_failover virtio_net; do
+    insmod /modules/$m.ko || echo \"L2-INSMOD-FAILED $m\"
+  done
+  for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done
+  echo \"L2-VIRTIO-DEVICES=$(ls /sys/bus/virtio/devices | wc -l)\"
+  echo \"L2-VDA-HEAD=$(head -c 17 /dev/vda)\"
+  echo \"L2-VDA-SECTORS=$(cat /sys/block/vda/size)\"
+  head -c 17 /dev/vda > /tmp/copy
+  echo ' copied by L2' >> /tmp/copy
+  dd if=/tmp/copy of=/dev/vda bs=512 seek=8 conv=notrunc,fsync 2>/dev/null && echo L2-VDA-WRITE-OK
+  echo \"L2-HWRNG=$(cat /sys/class/misc/hw_random/rng_current)\"
+  echo \"L2-HWRNG-BYTES=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c)\"
+fi
 poweroff -f
 ";
 
@@ -99,6 +115,22 @@ const L2_ELF64: L2Boot = L2Boot {
 };
 const L2_BOOTS: [&L2Boot; 3] = [&L2_BZIMAGE, &L2_PVH, &L2_ELF64];
 
+/// The Debian kernel with a virtio disk and entropy source: it finds them through the DSDT,
+/// reads the disk, copies its head to sector 8 with a flush, and reads the hardware RNG; L1
+/// then reads sector 8 of the image file.
+const L2_VIRTIO_STEP: &str = "l2-virtio";
+const L2_VIRTIO_SCRIPT: &str = "dd if=/dev/zero of=/tmp/disk.img bs=1024 count=4096 2>/dev/null
+printf 'edgevisor-l1-disk' | dd of=/tmp/disk.img conv=notrunc 2>/dev/null
+edgevisor run --kernel /l2/vmlinuz --initrd /l2/initrd --mem 256M \
+  --disk path=/tmp/disk.img --rng --report /tmp/virtio-report.json \
+  --cmdline \"console=ttyS0 reboot=k panic=-1 l2.virtio\"
+rc=$?
+echo \"L1-SECTOR8=$(dd if=/tmp/disk.img bs=512 skip=8 count=1 2>/dev/null | head -c 30)\"
+grep -o '\"flushes\": [0-9]*' /tmp/virtio-report.json | sed 's/^/L1-REPORT-/'
+echo \"EXIT=$rc\"
+exit $rc
+";
+
 /// Runs `command`, prints `EXIT=<status>` and exits with that status.
 fn exit_recorded(command: &str) -> String {
     format!("{command}\nrc=$?\necho \"EXIT=$rc\"\nexit $rc\n")
@@ -121,6 +153,13 @@ fn boot_l1() -> Result<Boot, NestedError> {
 
     let mut l2 = Initramfs::with_busybox(&busybox())?;
     l2.set_init(L2_INIT)?;
+    for module in &kernel.guest_modules {
+        let name = module
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        l2.add_file(&format!("/modules/{name}"), module)?;
+    }
     let l2_initrd = work.path().join("l2-initrd.cpio");
     l2.write(&l2_initrd)?;
     let vmlinux = kernel.vmlinux()?;
@@ -149,6 +188,7 @@ fn boot_l1() -> Result<Boot, NestedError> {
         let script = exit_recorded(&l2_boot.command());
         l1.step(Step::new(l2_boot.step, &script).with_timeout(L2_SECS))?;
     }
+    l1.step(Step::new(L2_VIRTIO_STEP, L2_VIRTIO_SCRIPT).with_timeout(120))?;
 
     let run = l1.boot(work.path(), L1_BOOT_ALLOWANCE)?;
     eprintln!(
@@ -332,4 +372,29 @@ fn debian_vmlinux_boots_to_init_through_pvh_on_two_vcpus() {
 #[test]
 fn debian_vmlinux_boots_to_init_through_its_64_bit_elf_entry() {
     assert_l2_boot(&L2_ELF64);
+}
+
+#[test]
+fn debian_kernel_finds_and_uses_virtio_block_and_rng_devices() {
+    let l2 = step(L2_VIRTIO_STEP);
+    let has = |needle: &str| l2.has_line_containing(needle);
+    assert!(!has("L2-INSMOD-FAILED"), "{}", show(&l2));
+    assert!(has("L2-VIRTIO-DEVICES=2"), "{}", show(&l2));
+    assert!(has("L2-VDA-HEAD=edgevisor-l1-disk"), "{}", show(&l2));
+    // 4 MiB image: 8192 sectors.
+    assert!(has("L2-VDA-SECTORS=8192"), "{}", show(&l2));
+    assert!(has("L2-VDA-WRITE-OK"), "{}", show(&l2));
+    assert!(has("L1-SECTOR8=edgevisor-l1-disk copied by L2"), "{}", show(&l2));
+    // conv=fsync became a virtio flush, which reached fsync on the host side.
+    let flushes = l2
+        .output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("L1-REPORT-\"flushes\": "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no flush count in {}", show(&l2)));
+    assert!(flushes >= 1, "{}", show(&l2));
+    assert!(has("L2-HWRNG=virtio_rng.0"), "{}", show(&l2));
+    assert!(has("L2-HWRNG-BYTES=32"), "{}", show(&l2));
+    assert!(has("guest powered off (ACPI S5)"), "{}", show(&l2));
+    assert!(has("EXIT=0"), "{}", show(&l2));
 }

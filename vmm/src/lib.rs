@@ -15,6 +15,7 @@ pub mod arch;
 pub mod config;
 pub mod device_config;
 pub mod exit;
+pub mod jail;
 pub mod seccomp;
 pub mod state;
 pub mod timings;

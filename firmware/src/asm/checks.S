@@ -25,11 +25,26 @@ probe_body:
 	call	check_initrd
 	call	check_cpuid
 	call	check_rtc
+	call	call_virtio_checks
 	PUTS	"PROBE PASS protocol="
 	call	put_proto
 	PUTC	'\n'
 	call	touch_memory
 	jmp	exit_after_pass
+
+/*
+ * call_virtio_checks: the C driver in src/virtio (System V ABI). The body keeps no state in
+ * registers, so only the stack matters: the C code expects RSP % 16 == 0 before the call.
+ * Here RSP is 8 below that (our own return address), so it is adjusted around the call.
+ */
+call_virtio_checks:
+	subq	$8, %rsp
+	testq	$15, %rsp
+	jz	1f
+	FAIL_HEX virtio, "stack misaligned before calling the C driver: rsp=", %rsp
+1:	call	virtio_checks
+	addq	$8, %rsp
+	ret
 
 /*
  * touch_memory: the memory-touch workload for benchmarks. With `probe.touch=N` (decimal MiB,

@@ -10,12 +10,26 @@ use super::{cache_dir, NestedError, Result};
 
 const PREFIX: &str = "linux-image-6.1.0-";
 const SUFFIX: &str = "-cloud-amd64";
-/// The modules that give `/dev/kvm` on an AMD CPU, in `insmod` order, by path under
-/// `lib/modules/<release>/kernel/`.
-const MODULES: [&str; 3] = [
+/// The modules L1 loads, in `insmod` order, by path under `lib/modules/<release>/kernel/`:
+/// the ones that give `/dev/kvm` on an AMD CPU, and TUN for the TAP devices of the L2 guests.
+const MODULES: [&str; 4] = [
     "virt/lib/irqbypass",
     "arch/x86/kvm/kvm",
     "arch/x86/kvm/kvm-amd",
+    "drivers/net/tun",
+];
+/// The modules an L2 guest loads to use edgevisor's virtio-mmio devices, in `insmod` order
+/// (the cloud kernel builds the whole virtio stack as modules, and finds virtio-mmio devices
+/// through ACPI only: it has no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
+const GUEST_MODULES: [&str; 8] = [
+    "drivers/virtio/virtio_ring",
+    "drivers/virtio/virtio",
+    "drivers/virtio/virtio_mmio",
+    "drivers/block/virtio_blk",
+    "drivers/char/hw_random/virtio-rng",
+    "net/core/failover",
+    "drivers/net/net_failover",
+    "drivers/net/virtio_net",
 ];
 const COMPLETE: &str = "complete";
 
@@ -30,8 +44,11 @@ pub struct DebianKernel {
     pub release: String,
     /// The bzImage.
     pub vmlinuz: PathBuf,
-    /// `irqbypass.ko`, `kvm.ko`, `kvm-amd.ko` (uncompressed), in the order to load them.
+    /// `irqbypass.ko`, `kvm.ko`, `kvm-amd.ko`, `tun.ko` (uncompressed), in the order to load
+    /// them in L1.
     pub modules: Vec<PathBuf>,
+    /// The virtio stack for an L2 guest (uncompressed), in the order to load them.
+    pub guest_modules: Vec<PathBuf>,
 }
 
 /// The ABI number of `linux-image-6.1.0-<N>-cloud-amd64`, if `name` is exactly such a package.
@@ -125,6 +142,11 @@ impl DebianKernel {
         std::fs::create_dir_all(cache).map_err(|e| NestedError::io(cache, e))?;
         let scratch = ScratchDir::new_in(cache, "download")?;
         let staged = unpack(scratch.path(), &package)?;
+        // An entry that exists but does not load was made by an older edgevisor that staged
+        // fewer files: replace it.
+        if entry.exists() && DebianKernel::load(&entry, &package, &version).is_none() {
+            std::fs::remove_dir_all(&entry).map_err(|e| NestedError::io(&entry, e))?;
+        }
         if let Err(err) = std::fs::rename(&staged, &entry) {
             // Another process may have finished first; its copy is as good as ours.
             if DebianKernel::load(&entry, &package, &version).is_none() {
@@ -145,12 +167,16 @@ impl DebianKernel {
             return None;
         }
         let release = std::fs::read_to_string(entry.join("release")).ok()?;
-        let modules: Vec<PathBuf> = MODULES
-            .iter()
-            .map(|m| entry.join(format!("{}.ko", module_name(m))))
-            .collect();
+        let staged = |list: &[&str]| -> Vec<PathBuf> {
+            list.iter()
+                .map(|m| entry.join(format!("{}.ko", module_name(m))))
+                .collect()
+        };
+        let modules = staged(&MODULES);
+        let guest_modules = staged(&GUEST_MODULES);
         let vmlinuz = entry.join("vmlinuz");
-        if !vmlinuz.is_file() || !modules.iter().all(|m| m.is_file()) {
+        let all_there = modules.iter().chain(&guest_modules).all(|m| m.is_file());
+        if !vmlinuz.is_file() || !all_there {
             return None;
         }
         Some(DebianKernel {
@@ -159,6 +185,7 @@ impl DebianKernel {
             release: release.trim().to_string(),
             vmlinuz,
             modules,
+            guest_modules,
         })
     }
 
@@ -229,7 +256,7 @@ fn unpack(work: &Path, package: &str) -> Result<PathBuf> {
     }
     copy(&vmlinuz, &out.join("vmlinuz"))?;
     let kernel_dir = modules_root.join(&release).join("kernel");
-    for module in MODULES {
+    for module in MODULES.iter().chain(&GUEST_MODULES) {
         let target = out.join(format!("{}.ko", module_name(module)));
         let plain = kernel_dir.join(format!("{module}.ko"));
         let packed = kernel_dir.join(format!("{module}.ko.xz"));

@@ -1,0 +1,134 @@
+/*
+ * virtio-net (device id 1) check: MAC from config; with `probe.net=on` one broadcast frame
+ * out and one frame of ethertype 0x88b5 in.
+ */
+#include "virtio.h"
+
+#define VIRTIO_NET_F_MAC (1ULL << 5)
+
+#define NET_RX_QUEUE 0
+#define NET_TX_QUEUE 1
+#define NET_HDR_LEN 12		/* virtio_net_hdr_v1, num_buffers included (virtio 1.x) */
+#define NET_RX_BUF 2048		/* header + a 1514-byte frame, rounded up */
+#define NET_RX_BUFS 4
+#define NET_ETHERTYPE 0x88b5	/* IEEE local experimental ethertype 1 */
+#define NET_TX_MS 2000
+#define NET_RX_MS 5000
+
+static const char tx_payload[] = "edgevisor-probe-net-tx";
+
+static void put_mac(const u8 *mac)
+{
+	for (int i = 0; i < 6; i++) {
+		if (i)
+			probe_putc(':');
+		probe_put_hex(mac[i], 2);
+	}
+}
+
+/* probe.net=on | off (default off); anything else fails. */
+static int net_traffic_wanted(void)
+{
+	const char *v = cmdline_find("probe.net=", 0, 0);
+	if (!v)
+		return 0;
+	if (v[0] == 'o' && v[1] == 'n' && word_end(v[2]))
+		return 1;
+	if (v[0] == 'o' && v[1] == 'f' && v[2] == 'f' && word_end(v[3]))
+		return 0;
+	probe_fail("cmdline", "unknown probe.net= value: use on or off");
+}
+
+static void post_rx(struct vdev *d, u32 index)
+{
+	struct vbuf b = {buffer_addr(d, (u64)index * NET_RX_BUF), NET_RX_BUF, 1};
+	vq_submit(&d->queues[NET_RX_QUEUE], (u16)index, &b, 1);
+}
+
+static void send_frame(struct vdev *d, const u8 *mac)
+{
+	u8 *buf = (u8 *)(usize)buffer_addr(d, NET_RX_BUFS * NET_RX_BUF);
+	u8 *frame = buf + NET_HDR_LEN;
+	u32 len = 14 + sizeof(tx_payload) - 1;
+
+	memset(buf, 0, NET_HDR_LEN);
+	memset(frame, 0xff, 6);
+	memcpy(frame + 6, mac, 6);
+	frame[12] = NET_ETHERTYPE >> 8;
+	frame[13] = NET_ETHERTYPE & 0xff;
+	memcpy(frame + 14, tx_payload, sizeof(tx_payload) - 1);
+	struct vbuf b = {(usize)buf, NET_HDR_LEN + len, 0};
+	vq_transact(&d->queues[NET_TX_QUEUE], &b, 1, NET_TX_MS,
+		    "the device did not consume a transmitted frame within 2000 ms at base=");
+}
+
+/* The first received frame of ethertype 0x88b5 within NET_RX_MS: returns its length (after
+ * the header) and points *frame at it, or returns 0. Other frames go back to the ring. */
+static u32 receive_frame(struct vdev *d, const u8 **frame)
+{
+	struct vq *rx = &d->queues[NET_RX_QUEUE];
+	struct deadline dl;
+	u32 id, len;
+	deadline_start(&dl, NET_RX_MS);
+	while (vq_poll(rx, &dl, &id, &len)) {
+		if (id >= NET_RX_BUFS)
+			DEV_FAIL(d, "the device used a receive buffer the driver did not post");
+		if (len < NET_HDR_LEN + 14 || len > NET_RX_BUF)
+			probe_fail_hex(d->check, "received a frame of impossible length: used len=",
+				       len);
+		const u8 *f = (const u8 *)(usize)buffer_addr(d, (u64)id * NET_RX_BUF) + NET_HDR_LEN;
+		if (f[12] == (NET_ETHERTYPE >> 8) && f[13] == (NET_ETHERTYPE & 0xff)) {
+			*frame = f;
+			return len - NET_HDR_LEN;
+		}
+		post_rx(d, id);
+		vq_notify(rx);
+	}
+	return 0;
+}
+
+void virtio_net_check(struct vdev *d)
+{
+	int traffic = net_traffic_wanted();
+	virtio_start(d, VIRTIO_NET_F_MAC, 2);
+	virtio_driver_ok(d);
+
+	u8 mac[6] = {0x02, 0, 0, 0, 0, 0x01};	/* locally administered, when none is offered */
+	int have_mac = (d->accepted & VIRTIO_NET_F_MAC) != 0;
+	if (have_mac)
+		for (u32 i = 0; i < 6; i++)
+			mac[i] = config_read8(d, i);
+
+	const u8 *frame = 0;
+	u32 rx_len = 0;
+	if (traffic) {
+		for (u32 i = 0; i < NET_RX_BUFS; i++)
+			post_rx(d, i);
+		vq_notify(&d->queues[NET_RX_QUEUE]);
+		send_frame(d, mac);
+		rx_len = receive_frame(d, &frame);
+	}
+	u64 rx_fnv = rx_len ? fnv1a64(frame, rx_len) : 0;
+	virtio_reset(d);
+
+	put_dev_prefix(d, "net");
+	put_str(" mac=");
+	if (have_mac)
+		put_mac(mac);
+	else
+		put_str("none");
+	if (!traffic) {
+		put_str(" traffic=off\n");
+		return;
+	}
+	put_str(" tx=ok");
+	if (rx_len) {
+		put_str(" rx len=");
+		probe_put_dec(rx_len);
+		put_str(" fnv1a64=");
+		put_hex_fixed(rx_fnv, 16);
+	} else {
+		put_str(" rx none");
+	}
+	probe_putc('\n');
+}
