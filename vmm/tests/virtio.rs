@@ -2,10 +2,11 @@
 //! event loop under its seccomp filter, and bad device options refused before anything runs.
 
 mod common;
+
 use common::*;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn disk(dir: &Scratch, name: &str, sectors: usize) -> std::path::PathBuf {
     dir.file(name, &vec![0u8; sectors * 512])
@@ -121,17 +122,22 @@ fn a_disk_in_use_by_a_running_vm_is_refused() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the first VM holds the lock (it takes it before booting).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let second = loop {
-        let o = edgevisor(&["run", "--disk", &disk_arg]);
-        if o.status.code() == Some(2) || Instant::now() > deadline {
-            break o;
+    // The first VM took the lock before booting: wait for its guest to be running.
+    let stdout = first.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("PROBE PASS") {
+                let _ = tx.send(());
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    });
+    let running = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+    let second = edgevisor(&["run", "--disk", &disk_arg]);
     let _ = first.kill();
     let _ = first.wait();
+    assert!(running, "the first VM never booted");
     assert_eq!(second.status.code(), Some(2), "{}", show(&second));
     assert!(
         stderr(&second).contains("is in use by another VM"),
@@ -141,4 +147,71 @@ fn a_disk_in_use_by_a_running_vm_is_refused() {
     // Once the first VM is gone the image is free again.
     let o = edgevisor(&["run", "--disk", &disk_arg]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    firmware::fnv1a64(bytes)
+}
+
+#[test]
+fn the_probe_reads_writes_and_flushes_a_disk_and_reads_entropy() {
+    let dir = Scratch::new("virtio-e2e");
+    let mut image = vec![0u8; 64 * 512];
+    for (i, b) in image[..512].iter_mut().enumerate() {
+        *b = (i * 13 + 7) as u8;
+    }
+    let path = dir.file("disk.img", &image);
+    let report = dir.0.join("report.json");
+    let o = edgevisor(&[
+        "run",
+        "--disk",
+        &format!("path={}", path.display()),
+        "--rng",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let out = stdout(&o);
+    let blk = format!(
+        "probe: virtio-blk base=0xd0000000 capacity=64 read0_fnv1a64={:#018x} write=ok flush=ok",
+        fnv1a64(&image[..512])
+    );
+    assert!(out.contains(&blk), "no {blk:?} in {}", show(&o));
+    assert!(
+        out.contains("probe: virtio-rng base=0xd0001000 bytes=64"),
+        "{}",
+        show(&o)
+    );
+    assert!(out.contains("PROBE PASS"), "{}", show(&o));
+    // The guest's write of sector 1 is in the host file, and nothing else changed.
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(&after[512..1024], &firmware::block_check_pattern()[..]);
+    assert_eq!(&after[..512], &image[..512]);
+    assert!(after[1024..].iter().all(|b| *b == 0));
+    // The flush reached fsync: the report counts it, with the bytes moved.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let block = &json["virtio"]["block0"];
+    assert_eq!(block["flushes"], 1, "{block}");
+    assert_eq!(block["write_bytes"], 512, "{block}");
+    assert_eq!(block["read_bytes"], 1024, "{block}");
+    assert_eq!(block["malformed_chains"], 0, "{block}");
+    assert_eq!(json["virtio"]["rng0"]["rx_bytes"], 64);
+}
+
+#[test]
+fn a_read_only_disk_stays_untouched_and_unsafe_cache_offers_no_flush() {
+    let dir = Scratch::new("virtio-ro");
+    let image: Vec<u8> = (0..32 * 512).map(|i| (i % 251) as u8).collect();
+    let ro = dir.file("ro.img", &image);
+    let o = edgevisor(&["run", "--disk", &format!("path={},readonly=on", ro.display())]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(stdout(&o).contains("write=ro flush=none"), "{}", show(&o));
+    assert_eq!(std::fs::read(&ro).unwrap(), image);
+    let un = dir.file("unsafe.img", &image);
+    let o = edgevisor(&["run", "--disk", &format!("path={},cache=unsafe", un.display())]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(stdout(&o).contains("write=ok flush=none"), "{}", show(&o));
+    let after = std::fs::read(&un).unwrap();
+    assert_eq!(&after[512..1024], &firmware::block_check_pattern()[..]);
 }
