@@ -127,7 +127,10 @@ fn a_disk_in_use_by_a_running_vm_is_refused() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.contains("PROBE PASS") {
                 let _ = tx.send(());
             }
@@ -204,12 +207,20 @@ fn a_read_only_disk_stays_untouched_and_unsafe_cache_offers_no_flush() {
     let dir = Scratch::new("virtio-ro");
     let image: Vec<u8> = (0..32 * 512).map(|i| (i % 251) as u8).collect();
     let ro = dir.file("ro.img", &image);
-    let o = edgevisor(&["run", "--disk", &format!("path={},readonly=on", ro.display())]);
+    let o = edgevisor(&[
+        "run",
+        "--disk",
+        &format!("path={},readonly=on", ro.display()),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(stdout(&o).contains("write=ro flush=none"), "{}", show(&o));
     assert_eq!(std::fs::read(&ro).unwrap(), image);
     let un = dir.file("unsafe.img", &image);
-    let o = edgevisor(&["run", "--disk", &format!("path={},cache=unsafe", un.display())]);
+    let o = edgevisor(&[
+        "run",
+        "--disk",
+        &format!("path={},cache=unsafe", un.display()),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(stdout(&o).contains("write=ok flush=none"), "{}", show(&o));
     let after = std::fs::read(&un).unwrap();
