@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use devices::virtio::block::{Block, BlockConfig, CacheMode};
 use devices::virtio::event_loop::DeviceSubscriber;
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
+use devices::virtio::tap::Tap;
 use devices::virtio::{VirtioCounters, VirtioDevice};
 use devices::Bus;
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -19,10 +21,18 @@ use crate::config::VmConfig;
 use crate::device_config::DiskCache;
 
 /// Base of the first device's MMIO window (inside the MMIO hole below 4 GiB).
+#[cfg(target_arch = "x86_64")]
 pub const MMIO_BASE: u64 = 0xd000_0000;
 /// ISA interrupt lines given to virtio devices, in order: the free ones of a PC (not the
 /// timer, keyboard, cascade, COM1, RTC, ACPI SCI, FPU).
+#[cfg(target_arch = "x86_64")]
 pub const IRQS: [u32; 9] = [5, 6, 7, 10, 11, 12, 14, 15, 3];
+/// Base of the first device's MMIO window (the FDT's virtio_mmio nodes, below RAM).
+#[cfg(target_arch = "aarch64")]
+pub const MMIO_BASE: u64 = crate::arch::aarch64::layout::VIRTIO_MMIO_BASE;
+/// SPIs given to virtio devices (KVM on arm routes GSI n to SPI n, INTID 32 + n).
+#[cfg(target_arch = "aarch64")]
+pub const IRQS: [u32; 9] = [16, 17, 18, 19, 20, 21, 22, 23, 24];
 /// Most virtio devices one VM can have.
 pub const MAX_DEVICES: usize = IRQS.len();
 
@@ -32,6 +42,12 @@ pub enum VirtioError {
     /// The disk image cannot be used.
     #[error(transparent)]
     Block(#[from] devices::virtio::block::BlockError),
+    /// The TAP device cannot be used.
+    #[error(transparent)]
+    Tap(#[from] devices::virtio::tap::TapError),
+    /// The network device could not be created.
+    #[error(transparent)]
+    Net(#[from] devices::virtio::net::NetError),
     /// A host resource (eventfd, KVM registration) failed.
     #[error("could not set up the virtio {device} device: {detail}")]
     Setup {
@@ -67,6 +83,14 @@ pub fn open_backends(config: &VmConfig) -> Result<Vec<NamedDevice>, VirtioError>
         out.push(NamedDevice {
             name: format!("block{i}"),
             device: Arc::new(Mutex::new(block)),
+        });
+    }
+    for (i, net) in config.nets.iter().enumerate() {
+        let tap = Tap::open(&net.tap, true)?;
+        let device = Net::new(tap, net.mac_bytes())?;
+        out.push(NamedDevice {
+            name: format!("net{i}"),
+            device: Arc::new(Mutex::new(device)),
         });
     }
     if config.rng {
@@ -142,6 +166,7 @@ pub fn slot(index: usize) -> Option<(u64, u32)> {
 }
 
 /// The windows of `count` devices, for the DSDT.
+#[cfg(target_arch = "x86_64")]
 pub fn acpi_devices(count: usize) -> Vec<crate::arch::x86_64::aml::MmioDevice> {
     (0..count)
         .filter_map(slot)
@@ -199,6 +224,7 @@ pub fn add_tokens(cmdline: &str, tokens: &[String]) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn tokens_name_each_window_and_line() {
         assert_eq!(

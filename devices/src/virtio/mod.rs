@@ -20,8 +20,10 @@ pub mod counters;
 pub mod event_loop;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
+pub mod tap;
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
