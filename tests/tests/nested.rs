@@ -11,6 +11,8 @@
 //! lists that know a linux-image-6.1.0-*-cloud-amd64 package; the kernel is downloaded once into
 //! `<target>/nested-cache/` and its vmlinux is unpacked beside it.
 
+#![cfg(target_arch = "x86_64")] // boots x86_64 guests on /dev/kvm: not built for aarch64
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -56,6 +58,9 @@ if grep -q l2.virtio /proc/cmdline; then
   dd if=/tmp/copy of=/dev/vda bs=512 seek=8 conv=notrunc,fsync 2>/dev/null && echo L2-VDA-WRITE-OK
   echo \"L2-HWRNG=$(cat /sys/class/misc/hw_random/rng_current)\"
   echo \"L2-HWRNG-BYTES=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c)\"
+  ip link set eth0 up
+  ip addr add 169.254.10.2/24 dev eth0
+  ping -c 3 -W 3 169.254.10.1 && echo L2-PING-OK
 fi
 poweroff -f
 ";
@@ -115,15 +120,23 @@ const L2_ELF64: L2Boot = L2Boot {
 };
 const L2_BOOTS: [&L2Boot; 3] = [&L2_BZIMAGE, &L2_PVH, &L2_ELF64];
 
-/// The Debian kernel with a virtio disk and entropy source: it finds them through the DSDT,
-/// reads the disk, copies its head to sector 8 with a flush, and reads the hardware RNG; L1
-/// then reads sector 8 of the image file.
+/// The Debian kernel with a virtio disk, network card and entropy source: it finds them
+/// through the DSDT, reads the disk, copies its head to sector 8 with a flush, reads the
+/// hardware RNG and pings L1 across the TAP edgevisor created; L1 then reads sector 8 of the
+/// image file. Link-local addresses, inside the L1 guest only.
 const L2_VIRTIO_STEP: &str = "l2-virtio";
 const L2_VIRTIO_SCRIPT: &str = "dd if=/dev/zero of=/tmp/disk.img bs=1024 count=4096 2>/dev/null
 printf 'edgevisor-l1-disk' | dd of=/tmp/disk.img conv=notrunc 2>/dev/null
 edgevisor run --kernel /l2/vmlinuz --initrd /l2/initrd --mem 256M \
-  --disk path=/tmp/disk.img --rng --report /tmp/virtio-report.json \
-  --cmdline \"console=ttyS0 reboot=k panic=-1 l2.virtio\"
+  --disk path=/tmp/disk.img --rng --net tap=evl2,mac=02:00:00:00:10:02 \
+  --report /tmp/virtio-report.json \
+  --cmdline \"console=ttyS0 reboot=k panic=-1 l2.virtio\" &
+vm=$!
+# edgevisor creates the TAP; give L1's side an address once it is there.
+for i in $(seq 1 100); do ip link show evl2 >/dev/null 2>&1 && break; sleep 0.1; done
+ip addr add 169.254.10.1/24 dev evl2
+ip link set evl2 up
+wait $vm
 rc=$?
 echo \"L1-SECTOR8=$(dd if=/tmp/disk.img bs=512 skip=8 count=1 2>/dev/null | head -c 30)\"
 grep -o '\"flushes\": [0-9]*' /tmp/virtio-report.json | sed 's/^/L1-REPORT-/'
@@ -375,16 +388,20 @@ fn debian_vmlinux_boots_to_init_through_its_64_bit_elf_entry() {
 }
 
 #[test]
-fn debian_kernel_finds_and_uses_virtio_block_and_rng_devices() {
+fn debian_kernel_finds_and_uses_virtio_block_net_and_rng_devices() {
     let l2 = step(L2_VIRTIO_STEP);
     let has = |needle: &str| l2.has_line_containing(needle);
     assert!(!has("L2-INSMOD-FAILED"), "{}", show(&l2));
-    assert!(has("L2-VIRTIO-DEVICES=2"), "{}", show(&l2));
+    assert!(has("L2-VIRTIO-DEVICES=3"), "{}", show(&l2));
     assert!(has("L2-VDA-HEAD=edgevisor-l1-disk"), "{}", show(&l2));
     // 4 MiB image: 8192 sectors.
     assert!(has("L2-VDA-SECTORS=8192"), "{}", show(&l2));
     assert!(has("L2-VDA-WRITE-OK"), "{}", show(&l2));
-    assert!(has("L1-SECTOR8=edgevisor-l1-disk copied by L2"), "{}", show(&l2));
+    assert!(
+        has("L1-SECTOR8=edgevisor-l1-disk copied by L2"),
+        "{}",
+        show(&l2)
+    );
     // conv=fsync became a virtio flush, which reached fsync on the host side.
     let flushes = l2
         .output
@@ -395,6 +412,13 @@ fn debian_kernel_finds_and_uses_virtio_block_and_rng_devices() {
     assert!(flushes >= 1, "{}", show(&l2));
     assert!(has("L2-HWRNG=virtio_rng.0"), "{}", show(&l2));
     assert!(has("L2-HWRNG-BYTES=32"), "{}", show(&l2));
+    // Three pings from the guest to L1 across virtio-net and the TAP edgevisor created.
+    assert!(
+        has("3 packets transmitted, 3 packets received"),
+        "{}",
+        show(&l2)
+    );
+    assert!(has("L2-PING-OK"), "{}", show(&l2));
     assert!(has("guest powered off (ACPI S5)"), "{}", show(&l2));
     assert!(has("EXIT=0"), "{}", show(&l2));
 }
