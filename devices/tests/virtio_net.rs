@@ -259,6 +259,7 @@ impl<'a> Rig<'a> {
             queues: vec![self.rx.queue(), self.tx.queue()],
             acked_features: dev.offered_features(),
             interrupt,
+            queue_events: Vec::new(),
         };
         dev.activate(activation).unwrap();
     }

@@ -53,7 +53,12 @@ impl DeviceSubscriber {
 
 impl MutEventSubscriber for DeviceSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
-        for (index, event) in self.queue_events.iter().enumerate() {
+        let kicks = if self.device().handles_kicks_itself() {
+            &[][..]
+        } else {
+            &self.queue_events[..]
+        };
+        for (index, event) in kicks.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(event, index as u32, EventSet::IN)) {
                 LOG.warn(format_args!("cannot watch queue {index} kicks: {e:?}"));
             }

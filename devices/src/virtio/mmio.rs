@@ -365,11 +365,25 @@ impl MmioTransport {
                 }
             }
         }
+        let queue_events = match self
+            .queue_events
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()
+        {
+            Ok(events) => events,
+            Err(e) => {
+                self.refuse(format_args!("cannot share the queue kick eventfds: {e}"));
+                self.needs_reset();
+                return;
+            }
+        };
         let activation = Activation {
             mem: self.mem.clone(),
             queues,
             acked_features: self.acked,
             interrupt: self.interrupt.clone(),
+            queue_events,
         };
         let result = lock(&self.device).activate(activation);
         match result {

@@ -75,6 +75,10 @@ pub struct Activation {
     pub acked_features: u64,
     /// How to interrupt the guest.
     pub interrupt: Arc<Interrupt>,
+    /// Each queue's kick eventfd (what KVM signals on QueueNotify). Only devices whose
+    /// [`VirtioDevice::handles_kicks_itself`] is true use these, e.g. to hand them to a
+    /// vhost-user back end.
+    pub queue_events: Vec<vmm_sys_util::eventfd::EventFd>,
 }
 
 /// Why a device refused to start.
@@ -118,4 +122,10 @@ pub trait VirtioDevice: Send {
     fn backend_event(&mut self, _events: Events, _ops: &mut EventOps) {}
     /// Counters shared with the VMM.
     fn counters(&self) -> Arc<VirtioCounters>;
+    /// True when the device consumes its queue kicks itself (a vhost back end reads the
+    /// kick eventfds from [`Activation::queue_events`]); the event loop then leaves them
+    /// alone and never calls [`VirtioDevice::queue_notified`].
+    fn handles_kicks_itself(&self) -> bool {
+        false
+    }
 }
