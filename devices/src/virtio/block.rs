@@ -19,8 +19,8 @@ use std::sync::Arc;
 use vm_memory::VolatileSlice;
 
 use super::counters::{bump, VirtioCounters};
-use super::queue::{DescriptorChainView, Popped, QueueHandler};
-use super::{device_type, features, ActivateError, Activation, Interrupt, Memory, VirtioDevice};
+use super::queue::{DescriptorChainView, RequestQueue};
+use super::{device_type, features, ActivateError, Activation, Memory, VirtioDevice};
 use crate::log::RateLimited;
 
 /// Sector size of the virtio-blk protocol.
@@ -97,12 +97,6 @@ pub enum BlockError {
     },
 }
 
-struct Active {
-    mem: Memory,
-    queue: QueueHandler,
-    interrupt: Arc<Interrupt>,
-}
-
 /// The block device.
 pub struct Block {
     file: File,
@@ -110,7 +104,7 @@ pub struct Block {
     capacity_sectors: u64,
     id: [u8; ID_BYTES],
     counters: Arc<VirtioCounters>,
-    active: Option<Active>,
+    active: Option<RequestQueue>,
 }
 
 fn open_image(config: &BlockConfig) -> Result<File, BlockError> {
@@ -357,35 +351,9 @@ impl Block {
         let Some(mut active) = self.active.take() else {
             return;
         };
-        let mut completed = false;
-        loop {
-            let Some(popped) = active.queue.pop(&active.mem) else {
-                if active.queue.enable_notification(&active.mem) {
-                    continue;
-                }
-                break;
-            };
-            completed = true;
-            let chain = match popped {
-                Popped::Chain(chain) => chain,
-                Popped::Malformed(e) => {
-                    bump(&self.counters.malformed_chains, 1);
-                    LOG.warn(format_args!("virtio-blk: malformed chain refused: {e}"));
-                    continue;
-                }
-            };
-            let used = self.request(&active.mem, &chain);
-            if active
-                .queue
-                .complete(&active.mem, chain.head, used)
-                .is_err()
-            {
-                bump(&self.counters.malformed_chains, 1);
-            }
-        }
-        if completed && active.queue.needs_notification(&active.mem) {
-            active.interrupt.signal_used_queue();
-        }
+        active.drain(&self.counters, &LOG, "blk", |mem, chain| {
+            self.request(mem, chain)
+        });
         self.active = Some(active);
     }
 
@@ -470,19 +438,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let queue = activation
-            .queues
-            .into_iter()
-            .next()
-            .ok_or_else(|| ActivateError {
-                device: "block",
-                detail: "the transport gave no queue".into(),
-            })?;
-        self.active = Some(Active {
-            mem: activation.mem,
-            queue: QueueHandler::new(queue),
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(RequestQueue::from_activation(activation, "block")?);
         Ok(())
     }
 

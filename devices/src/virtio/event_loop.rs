@@ -22,19 +22,15 @@ static LOG: RateLimited = RateLimited::new();
 /// Serves one device on the event loop.
 pub struct DeviceSubscriber {
     device: Arc<Mutex<dyn VirtioDevice>>,
-    queue_events: Vec<EventFd>,
+    queue_events: Vec<Arc<EventFd>>,
     active: Arc<AtomicBool>,
     counters: Arc<VirtioCounters>,
 }
 
 impl DeviceSubscriber {
-    /// A subscriber for the device behind `transport` (clones its kick eventfds).
+    /// A subscriber for the device behind `transport` (sharing its kick eventfds).
     pub fn new(transport: &MmioTransport) -> std::io::Result<DeviceSubscriber> {
-        let queue_events = transport
-            .queue_events()
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<std::io::Result<Vec<_>>>()?;
+        let queue_events = transport.queue_events().to_vec();
         Ok(DeviceSubscriber {
             device: transport.device(),
             queue_events,
@@ -59,7 +55,7 @@ impl MutEventSubscriber for DeviceSubscriber {
             &self.queue_events[..]
         };
         for (index, event) in kicks.iter().enumerate() {
-            if let Err(e) = ops.add(Events::with_data(event, index as u32, EventSet::IN)) {
+            if let Err(e) = ops.add(Events::with_data(&**event, index as u32, EventSet::IN)) {
                 LOG.warn(format_args!("cannot watch queue {index} kicks: {e:?}"));
             }
         }

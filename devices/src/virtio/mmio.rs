@@ -58,7 +58,7 @@ pub struct MmioTransport {
     offered: u64,
     mem: Memory,
     interrupt: Arc<Interrupt>,
-    queue_events: Vec<EventFd>,
+    queue_events: Vec<Arc<EventFd>>,
     queues: Vec<Queue>,
     active: Arc<AtomicBool>,
     counters: Arc<VirtioCounters>,
@@ -107,7 +107,7 @@ impl MmioTransport {
                 )
             })?;
             queues.push(queue);
-            queue_events.push(EventFd::new(libc::EFD_NONBLOCK)?);
+            queue_events.push(Arc::new(EventFd::new(libc::EFD_NONBLOCK)?));
         }
         Ok(MmioTransport {
             device,
@@ -132,7 +132,7 @@ impl MmioTransport {
 
     /// The kick eventfd of each queue, in queue order: the VMM registers each as an
     /// ioeventfd on QueueNotify with the queue index as data, and the event loop reads them.
-    pub fn queue_events(&self) -> &[EventFd] {
+    pub fn queue_events(&self) -> &[Arc<EventFd>] {
         &self.queue_events
     }
 
@@ -365,19 +365,9 @@ impl MmioTransport {
                 }
             }
         }
-        let queue_events = match self
-            .queue_events
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<std::io::Result<Vec<_>>>()
-        {
-            Ok(events) => events,
-            Err(e) => {
-                self.refuse(format_args!("cannot share the queue kick eventfds: {e}"));
-                self.needs_reset();
-                return;
-            }
-        };
+        // Shared, not duplicated: this runs on a vCPU thread, whose seccomp filter allows no
+        // new descriptors.
+        let queue_events = self.queue_events.clone();
         let activation = Activation {
             mem: self.mem.clone(),
             queues,

@@ -78,7 +78,7 @@ pub struct Activation {
     /// Each queue's kick eventfd (what KVM signals on QueueNotify). Only devices whose
     /// [`VirtioDevice::handles_kicks_itself`] is true use these, e.g. to hand them to a
     /// vhost-user back end.
-    pub queue_events: Vec<vmm_sys_util::eventfd::EventFd>,
+    pub queue_events: Vec<Arc<vmm_sys_util::eventfd::EventFd>>,
 }
 
 /// Why a device refused to start.

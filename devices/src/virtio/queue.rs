@@ -359,3 +359,82 @@ impl QueueHandler {
             .unwrap_or(0)
     }
 }
+
+/// The one queue of a request/response device (block, rng) while it is active.
+pub struct RequestQueue {
+    /// Guest memory.
+    pub mem: Memory,
+    /// The queue.
+    pub queue: QueueHandler,
+    /// The device's interrupt.
+    pub interrupt: std::sync::Arc<super::Interrupt>,
+}
+
+impl RequestQueue {
+    /// Takes the first queue of `activation`.
+    pub fn from_activation(
+        activation: super::Activation,
+        device: &'static str,
+    ) -> Result<RequestQueue, super::ActivateError> {
+        let queue = activation
+            .queues
+            .into_iter()
+            .next()
+            .ok_or_else(|| super::ActivateError {
+                device,
+                detail: "the transport gave no queue".into(),
+            })?;
+        Ok(RequestQueue {
+            mem: activation.mem,
+            queue: QueueHandler::new(queue),
+            interrupt: activation.interrupt,
+        })
+    }
+
+    /// Serves every available chain with `serve`, which returns the used length. Malformed
+    /// chains are counted and logged (through `log`) and go back empty; kicks are re-enabled
+    /// once the ring is drained, and the guest is interrupted if it asked to be.
+    pub fn drain(
+        &mut self,
+        counters: &super::VirtioCounters,
+        log: &crate::log::RateLimited,
+        device: &str,
+        mut serve: impl FnMut(&Memory, &DescriptorChainView) -> u32,
+    ) {
+        let bump = super::counters::bump;
+        let mut completed = false;
+        while let Some(popped) = self.pop_next() {
+            completed = true;
+            let chain = match popped {
+                Popped::Chain(chain) => chain,
+                Popped::Malformed(e) => {
+                    bump(&counters.malformed_chains, 1);
+                    log.warn(format_args!(
+                        "virtio-{device}: malformed chain refused: {e}"
+                    ));
+                    continue;
+                }
+            };
+            let used = serve(&self.mem, &chain);
+            if self.queue.complete(&self.mem, chain.head, used).is_err() {
+                bump(&counters.malformed_chains, 1);
+            }
+        }
+        if completed && self.queue.needs_notification(&self.mem) {
+            self.interrupt.signal_used_queue();
+        }
+    }
+
+    /// The next chain, re-enabling kicks when the ring looks empty (and looking again if
+    /// more arrived meanwhile).
+    fn pop_next(&mut self) -> Option<Popped> {
+        loop {
+            if let Some(popped) = self.queue.pop(&self.mem) {
+                return Some(popped);
+            }
+            if !self.queue.enable_notification(&self.mem) {
+                return None;
+            }
+        }
+    }
+}

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::counters::{bump, VirtioCounters};
-use super::queue::{Popped, QueueHandler};
-use super::{device_type, features, ActivateError, Activation, Interrupt, Memory, VirtioDevice};
+use super::queue::RequestQueue;
+use super::{device_type, features, ActivateError, Activation, VirtioDevice};
 use crate::log::RateLimited;
 
 /// Most bytes one request gets (the guest asks again for more).
@@ -14,16 +14,10 @@ const QUEUE_SIZES: [u16; 1] = [256];
 
 static LOG: RateLimited = RateLimited::new();
 
-struct Active {
-    mem: Memory,
-    queue: QueueHandler,
-    interrupt: Arc<Interrupt>,
-}
-
 /// The entropy device.
 pub struct Rng {
     counters: Arc<VirtioCounters>,
-    active: Option<Active>,
+    active: Option<RequestQueue>,
     buffer: Vec<u8>,
 }
 
@@ -67,45 +61,21 @@ impl Rng {
         let Some(mut active) = self.active.take() else {
             return;
         };
-        let mut completed = false;
-        loop {
-            let Some(popped) = active.queue.pop(&active.mem) else {
-                if active.queue.enable_notification(&active.mem) {
-                    continue;
-                }
-                break;
-            };
-            completed = true;
-            let chain = match popped {
-                Popped::Chain(chain) => chain,
-                Popped::Malformed(e) => {
-                    bump(&self.counters.malformed_chains, 1);
-                    LOG.warn(format_args!("virtio-rng: malformed chain refused: {e}"));
-                    continue;
-                }
-            };
+        let counters = self.counters.clone();
+        active.drain(&counters, &LOG, "rng", |mem, chain| {
             let want = (chain.writable_len() as usize).min(MAX_BYTES_PER_REQUEST);
             let written = match self.fill(want) {
-                Ok(()) => chain.write_at(&active.mem, 0, &self.buffer).unwrap_or(0),
+                Ok(()) => chain.write_at(mem, 0, &self.buffer).unwrap_or(0),
                 Err(e) => {
-                    bump(&self.counters.io_errors, 1);
+                    bump(&counters.io_errors, 1);
                     LOG.warn(format_args!("virtio-rng: getrandom failed: {e}"));
                     0
                 }
             };
-            if active
-                .queue
-                .complete(&active.mem, chain.head, written as u32)
-                .is_err()
-            {
-                bump(&self.counters.malformed_chains, 1);
-            }
-            bump(&self.counters.requests, 1);
-            bump(&self.counters.rx_bytes, written as u64);
-        }
-        if completed && active.queue.needs_notification(&active.mem) {
-            active.interrupt.signal_used_queue();
-        }
+            bump(&counters.requests, 1);
+            bump(&counters.rx_bytes, written as u64);
+            written as u32
+        });
         self.active = Some(active);
     }
 }
@@ -132,19 +102,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let queue = activation
-            .queues
-            .into_iter()
-            .next()
-            .ok_or_else(|| ActivateError {
-                device: "rng",
-                detail: "the transport gave no queue".into(),
-            })?;
-        self.active = Some(Active {
-            mem: activation.mem,
-            queue: QueueHandler::new(queue),
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(RequestQueue::from_activation(activation, "rng")?);
         Ok(())
     }
 
