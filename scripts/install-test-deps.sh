@@ -11,12 +11,14 @@
 #   libc-bin         ldd, to copy edgevisor's shared libraries into the L1 guest
 #   acpica-tools     iasl disassembles our DSDT in vmm/tests/acpi_iasl.rs
 #   iproute2         ip netns / ip link for the TAP tests in their own network namespaces
+#   prometheus       promtool check metrics and a real Prometheus scraping the agent (agent/tests/metrics_*)
+#   python3-prometheus-client  a strict OpenMetrics parser for agent/tests/metrics_promtool.rs
 #
 # apt-get update runs first so apt-cache knows the newest linux-image-6.1.0-*-cloud-amd64,
 # which the nested tests download once into <target>/nested-cache/.
 set -euo pipefail
 
-packages=(qemu-system-x86 busybox-static cpio xz-utils lz4 binutils dpkg libc-bin ca-certificates acpica-tools iproute2)
+packages=(qemu-system-x86 busybox-static cpio xz-utils lz4 binutils dpkg libc-bin ca-certificates acpica-tools iproute2 prometheus python3-prometheus-client)
 
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then

@@ -11,6 +11,7 @@
 //! println!("{} (exit code {})", report.message, report.exit_code);
 //! ```
 
+pub mod api;
 pub mod arch;
 pub mod config;
 pub mod device_config;

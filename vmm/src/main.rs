@@ -98,6 +98,10 @@ struct RunArgs {
     /// thread allow only the syscalls they need).
     #[arg(long)]
     no_seccomp: bool,
+    /// Serve a per-VM control socket at this path (HTTP/1.1 over a Unix stream: GET /state,
+    /// PUT /pause, /resume, /stop; see vmm::api). Removed when the VM ends.
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
 }
 
 fn build_config(args: &RunArgs) -> Result<VmConfig, VmError> {
@@ -166,6 +170,13 @@ fn block_termination_signals() -> libc::sigset_t {
 fn run(args: RunArgs, start: Instant) -> Result<u8, VmError> {
     let config = build_config(&args)?;
     let signals = block_termination_signals();
+    // Bound before the VM is built, so a bad path boots nothing.
+    let api = args
+        .api_socket
+        .as_deref()
+        .map(vmm::api::ApiServer::bind)
+        .transpose()
+        .map_err(api_error)?;
     let vm = Vm::new(&config, Box::new(std::io::stdout()), start)?;
     let summary = vm.summary().clone();
     eprintln!(
@@ -184,6 +195,11 @@ fn run(args: RunArgs, start: Instant) -> Result<u8, VmError> {
         .then(|| seccomp::compile(ThreadKind::Main))
         .transpose()?;
     let handle = vm.start()?;
+    // Spawned before the main filter, which it would otherwise inherit; it installs its own.
+    let api_thread = api
+        .map(|server| server.spawn(handle.control(), config.seccomp))
+        .transpose()
+        .map_err(api_error)?;
     if let Some(program) = &main_filter {
         seccomp::apply(ThreadKind::Main, program)?;
     }
@@ -218,7 +234,17 @@ fn run(args: RunArgs, start: Instant) -> Result<u8, VmError> {
             );
         }
     }
+    if let Some(thread) = api_thread {
+        thread.shutdown();
+    }
     Ok(report.exit_code.clamp(0, 255) as u8)
+}
+
+fn api_error(e: vmm::api::ApiError) -> VmError {
+    VmError::Device {
+        what: "control socket",
+        detail: e.to_string(),
+    }
 }
 
 /// Feeds our stdin to the guest's serial port from a helper thread.

@@ -157,8 +157,21 @@ const EVENT_LOOP_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_getrandom,
 ];
 
-/// Extra for the per-VM control socket thread.
-const API_SYSCALLS: &[libc::c_long] = &[libc::SYS_read];
+/// Extra for the per-VM control socket thread (vmm::api): waiting on the listener and its
+/// wake-up eventfd, accepting, per-client timeouts (setsockopt), reading the request
+/// (recvfrom), answering, and removing the socket file when the VM ends.
+const API_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_read,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_setsockopt,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+];
 
 fn build_error(kind: ThreadKind) -> impl Fn(seccompiler::BackendError) -> SeccompError {
     move |e| SeccompError::Build {

@@ -139,7 +139,7 @@ pub fn attach(
         for (queue, event) in transport.queue_events().iter().enumerate() {
             vm_fd
                 .register_ioevent(
-                    &**event,
+                    event.as_ref(),
                     &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
                     queue as u32,
                 )
