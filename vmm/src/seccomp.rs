@@ -155,6 +155,16 @@ const EVENT_LOOP_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_getrandom,
+    // vsock's Unix-socket back end: accepting host connections, connecting to `<uds>_<port>`
+    // (socket is limited to AF_UNIX below), moving bytes, half-closing, and removing the
+    // listening socket when the device is dropped at exit.
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_sendmsg,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_shutdown,
+    libc::SYS_unlink,
 ];
 
 /// Extra for the per-VM control socket thread (vmm::api): waiting on the listener and its
@@ -234,6 +244,10 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Seccom
     rules.insert(libc::SYS_fcntl, vec![masked_rule(kind, 1, all, getfd)?]);
     if kind == ThreadKind::Vcpu {
         rules.insert(libc::SYS_ioctl, ioctl_rules(kind)?);
+    }
+    if kind == ThreadKind::EventLoop {
+        let unix = libc::AF_UNIX as u64;
+        rules.insert(libc::SYS_socket, vec![masked_rule(kind, 0, all, unix)?]);
     }
     Ok(rules)
 }

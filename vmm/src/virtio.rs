@@ -11,6 +11,7 @@ use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET
 use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
 use devices::virtio::tap::Tap;
+use devices::virtio::vsock::Vsock;
 use devices::virtio::{VirtioCounters, VirtioDevice};
 use devices::Bus;
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -48,6 +49,9 @@ pub enum VirtioError {
     /// The network device could not be created.
     #[error(transparent)]
     Net(#[from] devices::virtio::net::NetError),
+    /// The vsock device could not be set up (socket path, listener).
+    #[error(transparent)]
+    Vsock(#[from] devices::virtio::vsock::VsockError),
     /// A host resource (eventfd, KVM registration) failed.
     #[error("could not set up the virtio {device} device: {detail}")]
     Setup {
@@ -90,6 +94,13 @@ pub fn open_backends(config: &VmConfig) -> Result<Vec<NamedDevice>, VirtioError>
         let device = Net::new(tap, net.mac_bytes())?;
         out.push(NamedDevice {
             name: format!("net{i}"),
+            device: Arc::new(Mutex::new(device)),
+        });
+    }
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(vsock.cid, vsock.uds.clone())?;
+        out.push(NamedDevice {
+            name: "vsock0".into(),
             device: Arc::new(Mutex::new(device)),
         });
     }

@@ -24,6 +24,7 @@ pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod tap;
+pub mod vsock;
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
