@@ -15,3 +15,5 @@ echo "== cargo build --release (edgevisor)"
 cargo build --release -p vmm --bin edgevisor
 echo "== cargo test"
 cargo test --workspace --release -- --test-threads=2
+echo "== aarch64: whole workspace built for arm64, unit tests under qemu-user"
+bash scripts/test-arm64.sh

@@ -487,6 +487,8 @@ fn read_kvm(dev: &Path, notes: &mut Vec<String>) -> Kvm {
     out.api_version = Some(kvm.get_api_version());
     out.recommended_vcpus = u32::try_from(kvm.get_nr_vcpus()).ok();
     out.max_vcpus = u32::try_from(kvm.get_max_vcpus()).ok();
+    // Extended below on x86_64 only.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut caps: Vec<(&str, Cap)> = vec![
         ("user_memory", Cap::UserMemory),
         ("irqchip", Cap::Irqchip),

@@ -1,6 +1,8 @@
 //! `/metrics` and `/v1/node/capabilities` served by the agent, with real guests: per-VM
 //! series come from the supervisor, and cumulative counters survive a VM restart.
 
+#![cfg(target_arch = "x86_64")] // boots x86_64 guests on /dev/kvm: not built for aarch64
+
 mod common;
 
 use common::Agent;

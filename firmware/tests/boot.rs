@@ -3,6 +3,8 @@
 //!
 //! Set EDGEVISOR_SKIP_KVM_TESTS=1 to skip them on a machine without /dev/kvm.
 
+#![cfg(target_arch = "x86_64")] // boots x86_64 guests on /dev/kvm: not built for aarch64
+
 mod common;
 
 use common::*;

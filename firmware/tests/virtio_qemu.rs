@@ -11,6 +11,8 @@
 //! Needs qemu-system-x86 (scripts/install-test-deps.sh) and /dev/kvm; set
 //! EDGEVISOR_SKIP_KVM_TESTS=1 to skip.
 
+#![cfg(target_arch = "x86_64")] // boots x86_64 guests on /dev/kvm: not built for aarch64
+
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

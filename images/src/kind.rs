@@ -46,3 +46,16 @@ pub(crate) fn of_elf(bytes: &[u8], elf: &Elf) -> ImageKind {
     }
     ImageKind::Other
 }
+
+/// Classifies an arm64 Image: our probe, Unikraft, Linux, or unknown.
+pub(crate) fn of_arm64(bytes: &[u8]) -> ImageKind {
+    if contains(bytes, PROBE_MARKER) {
+        ImageKind::EdgevisorProbe
+    } else if contains(bytes, b"Unikraft") {
+        ImageKind::UnikraftArm64
+    } else if contains(bytes, b"Linux version ") {
+        ImageKind::Linux
+    } else {
+        ImageKind::Other
+    }
+}

@@ -4,6 +4,7 @@
 //! note; a multiboot v1 ELF32; a Linux bzImage), tells what kind of guest it is, and turns it
 //! into a [`LoadPlan`] per boot protocol it offers: which file bytes go to which guest-physical
 //! addresses, and where to enter. It is pure parsing: the VMM does the memory writes.
+//! [`Arm64Image`] does the same for the Linux arm64 `Image` format (aarch64 guests).
 //! Every field of the image is treated as hostile: no input makes it panic.
 //!
 //! ```no_run
@@ -16,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod arm64;
 mod bytes;
 mod bzimage;
 mod elf;
@@ -28,6 +30,11 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+pub use arm64::{
+    looks_like_arm64_image, Arm64FileError, Arm64Header, Arm64Image, Arm64ImageError,
+    Arm64PageSize, ARM64_BASE_ALIGN, ARM64_HEADER_LEN, ARM64_LEGACY_TEXT_OFFSET, ARM64_MAGIC,
+    ARM64_MAGIC_OFFSET,
+};
 pub use bzimage::{
     BZIMAGE_ENTRY_64_OFFSET, BZIMAGE_LOAD_ADDR, SETUP_HEADER_MAX_LEN, SETUP_HEADER_OFFSET,
 };
@@ -101,6 +108,8 @@ pub enum ImageFormat {
     Elf32,
     /// A Linux bzImage.
     BzImage,
+    /// A Linux arm64 `Image` (see [`Arm64Image`]).
+    Arm64Image,
 }
 
 impl fmt::Display for ImageFormat {
@@ -109,6 +118,7 @@ impl fmt::Display for ImageFormat {
             ImageFormat::Elf64 => "ELF64",
             ImageFormat::Elf32 => "ELF32",
             ImageFormat::BzImage => "bzImage",
+            ImageFormat::Arm64Image => "arm64 Image",
         })
     }
 }
@@ -120,6 +130,8 @@ pub enum ImageKind {
     UnikraftLxboot,
     /// A Unikraft unikernel as a multiboot ELF32 (its QEMU build).
     UnikraftMultiboot,
+    /// A Unikraft unikernel as an arm64 Image (see [`Arm64Image`]).
+    UnikraftArm64,
     /// A Linux kernel.
     Linux,
     /// One of edgevisor's own firmware probes (it carries [`PROBE_MARKER`]).
@@ -133,6 +145,7 @@ impl fmt::Display for ImageKind {
         f.write_str(match self {
             ImageKind::UnikraftLxboot => "Unikraft (lxboot)",
             ImageKind::UnikraftMultiboot => "Unikraft (multiboot)",
+            ImageKind::UnikraftArm64 => "Unikraft (arm64 Image)",
             ImageKind::Linux => "Linux",
             ImageKind::EdgevisorProbe => "edgevisor probe",
             ImageKind::Other => "unknown",

@@ -22,7 +22,11 @@ pub mod state;
 pub mod timings;
 pub mod vcpu;
 pub mod virtio;
+#[cfg(target_arch = "x86_64")]
 pub mod vm;
+/// On aarch64 the VM builder lives with the rest of the arm64 code and has the same API.
+#[cfg(target_arch = "aarch64")]
+pub use arch::aarch64::vm;
 
 pub use config::{KernelSource, VmConfig};
 pub use exit::ExitReason;

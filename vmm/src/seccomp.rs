@@ -87,14 +87,55 @@ pub enum SeccompError {
 }
 
 // The KVM ioctls a vCPU thread may issue: KVM_RUN, and on KVM_EXIT_INTERNAL_ERROR the three
-// that read RIP and translate it.
+// that read RIP and translate it (x86_64) or the one that reads PC (aarch64).
 mod kvm_ioctl {
     const KVMIO: std::os::raw::c_uint = 0xAE;
     vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    #[cfg(target_arch = "x86_64")]
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
+    #[cfg(target_arch = "x86_64")]
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_bindings::kvm_sregs);
+    #[cfg(target_arch = "x86_64")]
     vmm_sys_util::ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_bindings::kvm_translation);
+    // aarch64 reads PC on an internal error with KVM_GET_ONE_REG.
+    #[cfg(target_arch = "aarch64")]
+    vmm_sys_util::ioctl_iow_nr!(KVM_GET_ONE_REG, KVMIO, 0xab, kvm_bindings::kvm_one_reg);
+
+    /// Every KVM ioctl a vCPU thread may make.
+    #[cfg(target_arch = "x86_64")]
+    pub fn all() -> Vec<u64> {
+        vec![KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS(), KVM_TRANSLATE()]
+    }
+
+    /// Every KVM ioctl a vCPU thread may make.
+    #[cfg(target_arch = "aarch64")]
+    pub fn all() -> Vec<u64> {
+        vec![KVM_RUN(), KVM_GET_ONE_REG()]
+    }
 }
+
+/// Syscalls aarch64 does not have (it has only their *at and p* forms), per thread kind.
+#[cfg(target_arch = "x86_64")]
+fn legacy_syscalls(kind: ThreadKind) -> &'static [libc::c_long] {
+    match kind {
+        ThreadKind::EventLoop => &[libc::SYS_epoll_wait, libc::SYS_unlink],
+        ThreadKind::Api => &[libc::SYS_poll, libc::SYS_unlink],
+        ThreadKind::Vcpu | ThreadKind::Main => &[],
+    }
+}
+
+/// Syscalls aarch64 does not have (it has only their *at and p* forms), per thread kind.
+#[cfg(not(target_arch = "x86_64"))]
+fn legacy_syscalls(_kind: ThreadKind) -> &'static [libc::c_long] {
+    &[]
+}
+
+/// The seccompiler target of this build.
+#[cfg(target_arch = "x86_64")]
+const TARGET_ARCH: seccompiler::TargetArch = seccompiler::TargetArch::x86_64;
+/// The seccompiler target of this build.
+#[cfg(target_arch = "aarch64")]
+const TARGET_ARCH: seccompiler::TargetArch = seccompiler::TargetArch::aarch64;
 
 /// Syscalls every thread here needs: allocation (mmap and mprotect further down, without
 /// PROT_EXEC), locks, the kick signal (its handler returns through rt_sigreturn; pthread_kill
@@ -143,7 +184,6 @@ const MAIN_SYSCALLS: &[libc::c_long] = &[
 /// Extra for the device event loop thread: waiting on its epoll set, draining eventfds and
 /// serving back ends (TAP, block files, Unix sockets).
 const EVENT_LOOP_SYSCALLS: &[libc::c_long] = &[
-    libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_ctl,
     libc::SYS_read,
@@ -164,14 +204,13 @@ const EVENT_LOOP_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_recvfrom,
     libc::SYS_recvmsg,
     libc::SYS_shutdown,
-    libc::SYS_unlink,
+    libc::SYS_unlinkat,
 ];
 
 /// Extra for the per-VM control socket thread (vmm::api): waiting on the listener and its
 /// wake-up eventfd, accepting, per-client timeouts (setsockopt), reading the request
 /// (recvfrom), answering, and removing the socket file when the VM ends.
 const API_SYSCALLS: &[libc::c_long] = &[
-    libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_accept,
     libc::SYS_accept4,
@@ -179,7 +218,6 @@ const API_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_setsockopt,
-    libc::SYS_unlink,
     libc::SYS_unlinkat,
 ];
 
@@ -208,16 +246,11 @@ fn masked_rule(
 }
 
 fn ioctl_rules(kind: ThreadKind) -> Result<Vec<SeccompRule>, SeccompError> {
-    [
-        kvm_ioctl::KVM_RUN(),
-        kvm_ioctl::KVM_GET_REGS(),
-        kvm_ioctl::KVM_GET_SREGS(),
-        kvm_ioctl::KVM_TRANSLATE(),
-    ]
-    .into_iter()
-    // The kernel takes the request as an unsigned int: compare all of the low 32 bits.
-    .map(|request| masked_rule(kind, 1, u64::from(u32::MAX), request))
-    .collect()
+    kvm_ioctl::all()
+        .into_iter()
+        // The kernel takes the request as an unsigned int: compare all of the low 32 bits.
+        .map(|request| masked_rule(kind, 1, u64::from(u32::MAX), request))
+        .collect()
 }
 
 /// The rules of a thread kind: syscall number to argument rules (empty = any arguments).
@@ -231,6 +264,7 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Seccom
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON_SYSCALLS
         .iter()
         .chain(extra)
+        .chain(legacy_syscalls(kind))
         .map(|nr| (*nr, Vec::new()))
         .collect();
     // Memory may be mapped or re-protected, never made executable (prot is argument 2).
@@ -258,7 +292,7 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         rules(kind)?,
         SeccompAction::Trap,
         SeccompAction::Allow,
-        seccompiler::TargetArch::x86_64,
+        TARGET_ARCH,
     )
     .map_err(build_error(kind))?;
     filter.try_into().map_err(build_error(kind))
@@ -416,6 +450,7 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
 mod tests {
     use super::*;
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn kvm_ioctl_numbers_match_the_kernel_headers() {
         // From <linux/kvm.h> on x86_64.
@@ -440,7 +475,7 @@ mod tests {
     fn filters_differ_by_thread_kind() {
         let vcpu = rules(ThreadKind::Vcpu).unwrap();
         let main = rules(ThreadKind::Main).unwrap();
-        assert_eq!(vcpu[&libc::SYS_ioctl].len(), 4);
+        assert_eq!(vcpu[&libc::SYS_ioctl].len(), kvm_ioctl::all().len());
         assert!(!main.contains_key(&libc::SYS_ioctl));
         assert!(main.contains_key(&libc::SYS_openat));
         assert!(!vcpu.contains_key(&libc::SYS_openat));

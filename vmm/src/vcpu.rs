@@ -186,7 +186,35 @@ impl VcpuThread {
         // SAFETY: KVM set exit_reason to KVM_EXIT_INTERNAL_ERROR, so `internal` is the
         // active member of the exit union.
         let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
-        let (rip, bytes) = match (self.fd.get_regs(), self.fd.get_sregs()) {
+        let (rip, bytes) = self.faulting_instruction();
+        ExitReason::InternalError {
+            suberror,
+            rip,
+            bytes,
+            // Reading /proc/cpuinfo is no business of a (filtered) vCPU thread:
+            // `VmHandle::wait` fills this in.
+            hardware_virtualization: false,
+        }
+    }
+
+    /// aarch64: PC and the instruction there when PC is a guest-physical RAM address
+    /// (before the guest turns its MMU on), else PC alone.
+    #[cfg(target_arch = "aarch64")]
+    fn faulting_instruction(&self) -> (u64, String) {
+        let mut pc = [0u8; 8];
+        match self.fd.get_one_reg(crate::arch::aarch64::regs::PC, &mut pc) {
+            Ok(_) => {
+                let pc = u64::from_le_bytes(pc);
+                (pc, self.read_bytes(pc, 4))
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// x86_64: RIP and the bytes at it, through the guest's page tables when paging is on.
+    #[cfg(target_arch = "x86_64")]
+    fn faulting_instruction(&self) -> (u64, String) {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
             (Ok(regs), Ok(sregs)) => {
                 let linear = sregs.cs.base.wrapping_add(regs.rip);
                 let phys = if sregs.cr0 & (1 << 31) != 0 {
@@ -200,24 +228,17 @@ impl VcpuThread {
                 };
                 (
                     regs.rip,
-                    phys.map(|p| self.read_bytes(p)).unwrap_or_default(),
+                    phys.map(|p| self.read_bytes(p, 15)).unwrap_or_default(),
                 )
             }
             _ => (0, String::new()),
-        };
-        ExitReason::InternalError {
-            suberror,
-            rip,
-            bytes,
-            // Reading /proc/cpuinfo is no business of a (filtered) vCPU thread:
-            // `VmHandle::wait` fills this in.
-            hardware_virtualization: false,
         }
     }
 
-    fn read_bytes(&self, phys: u64) -> String {
+    /// Up to `len` (at most 15) bytes of guest memory at `phys`, as hex.
+    fn read_bytes(&self, phys: u64, len: usize) -> String {
         let mut buf = [0u8; 15];
-        let n = (0..buf.len())
+        let n = (0..len.min(buf.len()))
             .take_while(|i| {
                 self.mem
                     .read_obj::<u8>(GuestAddress(phys + *i as u64))

@@ -1,6 +1,8 @@
 //! The DSDT, disassembled by ACPICA's `iasl` (Debian's acpica-tools): the virtio-mmio
 //! devices must read back as the ASL a kernel's ACPI interpreter will see.
 
+#![cfg(target_arch = "x86_64")] // boots x86_64 guests on /dev/kvm: not built for aarch64
+
 use std::process::Command;
 
 use vmm::arch::x86_64::acpi;

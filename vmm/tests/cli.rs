@@ -1,6 +1,8 @@
 //! The `edgevisor` binary booting our firmware probes on this host's KVM: every boot
 //! protocol, every way a guest can end, and every kind of bad input.
 
+#![cfg(target_arch = "x86_64")] // boots x86_64 guests on /dev/kvm: not built for aarch64
+
 mod common;
 use common::*;
 

@@ -3,6 +3,8 @@
 //! uid/gid 65534, empty environment); bad inputs leave nothing behind; cleanup removes the jail.
 //! Every test uses its own id and chroot base, and a guard removes leftovers even on failure.
 
+#![cfg(target_arch = "x86_64")] // boots x86_64 guests on /dev/kvm: not built for aarch64
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

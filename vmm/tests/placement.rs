@@ -2,6 +2,8 @@
 //! running `edgevisor` process: /proc/PID/smaps, numa_maps and each thread's Cpus_allowed_list.
 //! The tests reserve 2 MiB hugepages themselves and give them back.
 
+#![cfg(target_arch = "x86_64")] // boots x86_64 guests on /dev/kvm: not built for aarch64
+
 mod common;
 use common::*;
 

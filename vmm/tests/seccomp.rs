@@ -3,6 +3,8 @@
 //! and the syscall, `--no-seccomp` turns the filters off, and /proc shows filter mode 2 on
 //! the vCPU and main threads of a running VM.
 
+#![cfg(target_arch = "x86_64")] // boots x86_64 guests on /dev/kvm: not built for aarch64
+
 mod common;
 use common::*;
 
