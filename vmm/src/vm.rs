@@ -553,16 +553,19 @@ impl Vm {
             }
         }
         Ok(VmHandle {
+            control: VmControl {
+                shared: self.shared.clone(),
+                boot_timer: self.boot_timer,
+                summary: self.summary,
+                virtio_counters: self.virtio_counters,
+            },
             shared: self.shared,
             threads,
             _vm_fd: self.vm_fd,
             _kvm: self._kvm,
             serial: self.serial,
             device_counters: self.device_counters,
-            boot_timer: self.boot_timer,
-            summary: self.summary,
             event_loop,
-            virtio_counters: self.virtio_counters,
         })
     }
 
@@ -660,44 +663,35 @@ pub struct VmHandle {
     _kvm: Kvm,
     serial: Arc<Mutex<devices::Serial>>,
     device_counters: devices::LegacyCounters,
-    boot_timer: Arc<devices::BootTimerStamp>,
-    summary: BootSummary,
     event_loop: Option<EventLoop>,
-    virtio_counters: VirtioCounterList,
+    /// State, pause/resume/stop, timings and counters, shared with [`VmHandle::control`].
+    control: VmControl,
 }
 
 impl VmHandle {
-    /// Copies the boot-timer device's first stamp into the phase table.
-    fn sync_guest_main(&self) {
-        if let Some(first) = self.boot_timer.first() {
-            self.shared.timings.stamp_at(Phase::GuestMain, first.at);
-        }
-    }
-
     /// Current state.
     pub fn state(&self) -> VmState {
-        self.shared.state()
+        self.control.state()
     }
 
     /// Parks every vCPU; returns once they are all parked. False if the VM had exited.
     pub fn pause(&self) -> bool {
-        self.shared.pause()
+        self.control.pause()
     }
 
     /// Lets the vCPUs run again. False if the VM had exited.
     pub fn resume(&self) -> bool {
-        self.shared.resume()
+        self.control.resume()
     }
 
     /// Stops the VM (reason `stopped`); `wait` then returns promptly.
     pub fn stop(&self) {
-        self.shared.finish(ExitReason::Stopped);
+        self.control.stop()
     }
 
     /// Boot phases so far.
     pub fn timings(&self) -> TimingsReport {
-        self.sync_guest_main();
-        self.shared.timings.snapshot()
+        self.control.timings()
     }
 
     /// A cloneable sender for the guest's serial input, usable from another thread.
@@ -716,12 +710,7 @@ impl VmHandle {
     /// A cloneable controller for another thread (e.g. a control socket): state, pause,
     /// resume, stop and timings, without owning the VM.
     pub fn control(&self) -> VmControl {
-        VmControl {
-            shared: self.shared.clone(),
-            boot_timer: self.boot_timer.clone(),
-            summary: self.summary.clone(),
-            virtio_counters: self.virtio_counters.clone(),
-        }
+        self.control.clone()
     }
 
     /// Waits for the VM to end, joins its threads and reports.
@@ -734,25 +723,26 @@ impl VmHandle {
         {
             *hardware_virtualization = crate::exit::host_has_hardware_virtualization();
         }
-        self.sync_guest_main();
         for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
         if let Some(mut event_loop) = self.event_loop.take() {
             event_loop.stop();
         }
+        // Also stamps the guest-main phase from the boot timer.
+        let timings = self.control.timings();
         let devices = device_counters(&self.device_counters);
         let serial_bytes = devices.get("serial").map(|c| c.bytes_out).unwrap_or(0);
         ExitReport {
             exit_code: exit.exit_code(),
             message: exit.to_string(),
             exit,
-            timings: self.shared.timings.snapshot(),
-            boot: self.summary.clone(),
-            counters: self.shared.counters.snapshot(),
+            timings,
+            boot: self.control.summary.clone(),
+            counters: self.control.counters(),
             devices,
             serial_bytes,
-            virtio: virtio_snapshot(&self.virtio_counters),
+            virtio: self.control.virtio_counters(),
         }
     }
 }
