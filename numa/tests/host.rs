@@ -17,6 +17,8 @@ use numa::{
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+const OVERCOMMIT_HUGEPAGES: &str = "/proc/sys/vm/nr_overcommit_hugepages";
+const FREE_HUGEPAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
 const MIB: usize = 1 << 20;
 
 static POOL_LOCK: Mutex<()> = Mutex::new(());
@@ -32,6 +34,14 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+fn read_free() -> u64 {
+    fs::read_to_string(FREE_HUGEPAGES)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn read_nr() -> u64 {
     fs::read_to_string(NR_HUGEPAGES)
         .unwrap()
@@ -44,22 +54,30 @@ fn read_nr() -> u64 {
 struct HugePageReservation {
     original: u64,
     set_to: u64,
+    overcommit: String,
 }
 
 impl HugePageReservation {
-    fn reserve(extra: u64) -> Self {
+    /// Resizes the default 2 MiB pool so that exactly `free` pages are free, whatever the
+    /// machine had reserved before (pages in use by others stay theirs).
+    fn reserve(free: u64) -> Self {
         let original = read_nr();
+        // Surplus pages would let a mapping succeed past the pool: none while we test.
+        let overcommit = fs::read_to_string(OVERCOMMIT_HUGEPAGES).unwrap();
+        fs::write(OVERCOMMIT_HUGEPAGES, "0\n").unwrap();
         let mut guard = HugePageReservation {
             original,
             set_to: original,
+            overcommit,
         };
-        guard.set_extra(extra);
+        guard.set_free(free);
         guard
     }
 
-    /// Sets the pool to the original size plus `extra` pages and checks the kernel found them.
-    fn set_extra(&mut self, extra: u64) {
-        let want = self.original + extra;
+    /// Sets the pool to the pages in use plus `free` and checks the kernel found them.
+    fn set_free(&mut self, free: u64) {
+        let in_use = read_nr().saturating_sub(read_free());
+        let want = in_use + free;
         fs::write(NR_HUGEPAGES, format!("{want}\n")).unwrap();
         self.set_to = want;
         let got = read_nr();
@@ -67,6 +85,7 @@ impl HugePageReservation {
             got, want,
             "the kernel could only find {got} of {want} 2 MiB pages (memory fragmented?)"
         );
+        assert_eq!(read_free(), free, "another process took pages meanwhile");
     }
 }
 
@@ -83,6 +102,7 @@ impl Drop for HugePageReservation {
             now.saturating_sub(self.set_to - self.original)
         };
         let _ = fs::write(NR_HUGEPAGES, format!("{restore}\n"));
+        let _ = fs::write(OVERCOMMIT_HUGEPAGES, &self.overcommit);
     }
 }
 
@@ -343,7 +363,7 @@ fn failure_midway_unmaps_what_was_mapped() {
     // The topology is read while 4 pages are free, then the pool shrinks to 3 behind its
     // back: validation passes, the first range (2 pages) maps, the second (2 pages) cannot.
     let stale = Topology::from_host().unwrap();
-    pages.set_extra(3);
+    pages.set_free(3);
     let before = hugetlb_mappings();
     let spec = MemorySpec::parse("8M,hugepages=2M").unwrap();
     let ranges = [(GuestAddress(0), 4 * MIB), (GuestAddress(1 << 30), 4 * MIB)];
