@@ -370,6 +370,48 @@ fn jailed_vmm_is_nobody_in_its_root_cgroup_netns_and_limits() {
 }
 
 #[test]
+fn a_killed_jailer_takes_its_vmm_with_it() {
+    let jail = Jail::new("orphan");
+    let args = jail.args(&[
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "--cgroup",
+        "pids.max=64",
+        "--",
+        "run",
+        "--cmdline",
+        "probe.exit=hang",
+    ]);
+    let mut child = Command::new(JAILER)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _lines = wait_for_line(&mut child, "PROBE PASS");
+    let pids = jail.pids();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let vmm = pids[0];
+    // SIGKILL cannot be forwarded: the VMM must still not outlive the jailer.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{vmm}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "VMM {vmm} still runs after its jailer was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(jail.pids().is_empty());
+    // With nothing left in the jail, cleanup succeeds.
+    let out = jail.cleanup();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+}
+
+#[test]
 fn daemonize_prints_the_pid_and_detaches() {
     let jail = Jail::new("daemon");
     let out = jailer(&jail.args(&["--daemonize", "--", "run", "--cmdline", "probe.exit=hang"]));

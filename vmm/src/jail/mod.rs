@@ -15,7 +15,8 @@
 //!    groups; without `--uid` and `--gid` the VMM stays root) and execs the copied VMM with an
 //!    empty environment (see [`spawn`]);
 //! 5. waits for the VMM and exits with its exit code (128 + N for signal N), forwarding
-//!    SIGTERM, SIGINT, SIGHUP and SIGQUIT to it; with `--daemonize` the VMM gets its own
+//!    SIGTERM, SIGINT, SIGHUP and SIGQUIT to it; a jailer killed outright takes the VMM with
+//!    it (parent-death signal SIGKILL); with `--daemonize` the VMM gets its own
 //!    session and /dev/null as stdio, and the jailer prints its pid and exits 0 once the exec
 //!    succeeded.
 //!

@@ -126,6 +126,8 @@ pub fn spawn(plan: ChildPlan) -> Result<Outcome, SpawnError> {
     let (read_end, write_end) =
         unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     set_handlers(forward as *const () as libc::sighandler_t);
+    // SAFETY: getpid has no preconditions.
+    let jailer = unsafe { libc::getpid() };
     // SAFETY: the jailer is single-threaded here, so the child may run ordinary code until exec.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -134,7 +136,13 @@ pub fn spawn(plan: ChildPlan) -> Result<Outcome, SpawnError> {
     }
     if pid == 0 {
         drop(read_end);
-        let err = match child(&plan, &argv, devnull.as_ref(), write_end.as_raw_fd()) {
+        let err = match child(
+            &plan,
+            &argv,
+            devnull.as_ref(),
+            write_end.as_raw_fd(),
+            jailer,
+        ) {
             Err(e) => e,
             Ok(never) => match never {},
         };
@@ -202,6 +210,7 @@ fn child(
     argv: &[CString],
     devnull: Option<&File>,
     keep_fd: RawFd,
+    jailer: libc::pid_t,
 ) -> Result<Infallible, String> {
     set_handlers(libc::SIG_DFL);
     if let Some(null) = devnull {
@@ -248,6 +257,17 @@ fn child(
         // SAFETY: setuid takes a plain integer.
         let rc = unsafe { libc::setuid(uid) };
         check(rc, "setuid")?;
+    }
+    if !plan.daemonize {
+        // The VMM does not outlive a jailer that waits for it: whoever kills the jailer (an
+        // agent giving up on a stop) kills the VM. Set after the id change, which clears it.
+        // SAFETY: prctl with PR_SET_PDEATHSIG and integer arguments.
+        let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        check(rc, "prctl(PR_SET_PDEATHSIG)")?;
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != jailer {
+            return Err("the jailer ended before the VMM started".into());
+        }
     }
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
