@@ -13,6 +13,7 @@ pub mod nfd;
 pub mod push;
 
 pub mod http;
+pub mod jail;
 pub mod process;
 pub mod sampling;
 pub mod server;

@@ -11,10 +11,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use agent::jail::JailOptions;
 use agent::push::{PushConfig, Pusher};
 use agent::server::{self, Agent};
 use agent::store::Store;
-use agent::supervisor::Supervisor;
+use agent::supervisor::{Launcher, Supervisor};
 use clap::Parser;
 
 /// How long a new agent waits for what a killed predecessor still holds.
@@ -64,6 +65,25 @@ struct Cli {
     /// The `node` label of pushed series (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// Start every guest through this edgevisor-jailer: own mount namespace and root,
+    /// cgroups, rlimits, dropped ids, empty environment (needs --jail-uid and --jail-gid).
+    #[arg(long, requires_all = ["jail_uid", "jail_gid"])]
+    jailer: Option<PathBuf>,
+    /// The uid jailed VMMs run as (e.g. 65534); kernels, initrds and disks must be readable
+    /// by it, writable disks writable.
+    #[arg(long, requires = "jailer")]
+    jail_uid: Option<u32>,
+    /// The gid jailed VMMs run as.
+    #[arg(long, requires = "jailer")]
+    jail_gid: Option<u32>,
+    /// Where jails are made (`DIR/edgevisor/ID/root`); writable disks must be on its
+    /// filesystem.
+    #[arg(long, requires = "jailer", default_value = vmm::jail::DEFAULT_CHROOT_BASE)]
+    jail_base: PathBuf,
+    /// A cgroup limit KEY=VALUE for every jailed guest (repeatable), as the jailer's --cgroup:
+    /// cpu.max, cpu.weight, memory.max, pids.max, cpuset.cpus, cpuset.mems.
+    #[arg(long = "jail-cgroup", value_name = "KEY=VALUE", requires = "jailer")]
+    jail_cgroups: Vec<String>,
 }
 
 /// Why the agent could not start.
@@ -98,6 +118,14 @@ enum SetupError {
     UnixInUse(PathBuf),
     #[error("{0} exists and is not a socket: remove it or choose another --unix path")]
     NotASocket(PathBuf),
+    #[error("--jailer {path} {why}")]
+    Jailer { path: PathBuf, why: &'static str },
+    #[error("--jail-{flag} 4294967295 is the kernel's \"no change\" value; give a real id")]
+    JailId { flag: &'static str },
+    #[error("--jail-base {0} is not an absolute path; give one")]
+    JailBase(PathBuf),
+    #[error("--jail-cgroup: {0}")]
+    JailCgroup(String),
     #[error(transparent)]
     Store(#[from] agent::store::StoreError),
     #[error(transparent)]
@@ -186,6 +214,51 @@ fn bind_unix(path: &Path) -> Result<UnixListener, SetupError> {
     Ok(listener)
 }
 
+/// Checks the jail flags before anything runs.
+fn jail_options(cli: &Cli, jailer: &Path, uid: u32, gid: u32) -> Result<JailOptions, SetupError> {
+    let bad = |why| SetupError::Jailer {
+        path: jailer.to_path_buf(),
+        why,
+    };
+    let meta = std::fs::metadata(jailer).map_err(|_| bad("does not exist or cannot be read"))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(bad(
+            "is not an executable file; give the edgevisor-jailer binary",
+        ));
+    }
+    for (flag, v) in [("uid", uid), ("gid", gid)] {
+        if v == u32::MAX {
+            return Err(SetupError::JailId { flag });
+        }
+    }
+    if !cli.jail_base.is_absolute() {
+        return Err(SetupError::JailBase(cli.jail_base.clone()));
+    }
+    vmm::jail::cgroup::Limits::parse_all(&cli.jail_cgroups)
+        .map_err(|e| SetupError::JailCgroup(e.to_string()))?;
+    Ok(JailOptions {
+        jailer: jailer.to_path_buf(),
+        uid,
+        gid,
+        base: cli.jail_base.clone(),
+        cgroups: cli.jail_cgroups.clone(),
+    })
+}
+
+/// A bare program name looked up in PATH (the jailer needs the binary's path).
+fn resolve_in_path(program: PathBuf) -> PathBuf {
+    if program.components().count() != 1 {
+        return program;
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(&program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or(program)
+}
+
 fn default_edgevisor() -> PathBuf {
     std::env::current_exe()
         .ok()
@@ -256,13 +329,17 @@ fn run(cli: Cli) -> Result<(), SetupError> {
         (_, Some(path)) => read_token(path)?,
         (None, None) => String::new(),
     };
-    let store = Store::open(&cli.state_dir)?;
+    let jail = match (&cli.jailer, cli.jail_uid, cli.jail_gid) {
+        (Some(jailer), Some(uid), Some(gid)) => Some(jail_options(&cli, jailer, uid, gid)?),
+        _ => None,
+    };
+    let store = Store::open(&cli.state_dir)?.with_jail_base(jail.as_ref().map(|j| j.base.clone()));
     let _lock = lock_state_dir(&cli.state_dir)?;
     let tcp = cli.listen.as_deref().map(bind_tcp).transpose()?;
     let unix = cli.unix.as_deref().map(bind_unix).transpose()?;
 
-    let edgevisor = cli.edgevisor.unwrap_or_else(default_edgevisor);
-    let supervisor = Supervisor::new(store, edgevisor)?;
+    let edgevisor = resolve_in_path(cli.edgevisor.clone().unwrap_or_else(default_edgevisor));
+    let supervisor = Supervisor::with_launcher(store, Launcher { edgevisor, jail })?;
     for note in supervisor.load()? {
         eprintln!("edgevisor-agent: {note}");
     }

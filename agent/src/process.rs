@@ -1,7 +1,7 @@
 //! The guests' `edgevisor` processes: spawning them detached from the agent, and telling
 //! from /proc whether a recorded one still lives.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -70,19 +70,20 @@ pub fn alive(pid: u32, start_time: u64) -> bool {
     proc_stat(pid).is_some_and(|s| s.state != 'Z' && s.start_time == start_time)
 }
 
-/// Whether `pid`'s command line names `needle` (our guest's socket path): tells a VM of
-/// ours from a process that reused its pid, when no start time was recorded.
-pub fn cmdline_mentions(pid: u32, needle: &Path) -> bool {
+/// Whether `pid`'s command line has the argument `needle` (our guest's socket path, or its
+/// jailer's `--id=`): tells a VM of ours from a process that reused its pid, when no start
+/// time was recorded.
+pub fn cmdline_mentions(pid: u32, needle: &OsStr) -> bool {
     let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let needle = needle.as_os_str().as_bytes();
+    let needle = needle.as_bytes();
     raw.split(|b| *b == 0).any(|arg| arg == needle)
 }
 
 /// Whether `pid` is (or within 200 ms becomes: a child caught between fork and exec still
 /// shows the agent's command line) a process whose command line names `needle`.
-pub fn execs_with(pid: u32, needle: &Path) -> bool {
+pub fn execs_with(pid: u32, needle: &OsStr) -> bool {
     for _ in 0..20 {
         if cmdline_mentions(pid, needle) {
             return true;
@@ -141,11 +142,30 @@ fn cstring(path: &Path) -> Result<CString, SpawnError> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| SpawnError::NulInPath(path.into()))
 }
 
-/// Starts `edgevisor run --config ... --api-socket ... --report ...` for the guest in `dir`,
-/// in its own session (so it outlives the agent and no terminal signal reaches it), with
-/// stdout and stderr appended to its console log. The child writes "PID GENERATION" to the
-/// pid file itself before exec, so a VM that exists is always on record.
-pub fn spawn_vm(binary: &Path, dir: &GuestDir, generation: u64) -> Result<Child, SpawnError> {
+/// The arguments of `edgevisor` for the guest in `dir`, run directly.
+pub fn direct_args(dir: &GuestDir) -> Vec<OsString> {
+    vec![
+        "run".into(),
+        "--config".into(),
+        dir.config().into(),
+        "--api-socket".into(),
+        dir.socket().into(),
+        "--report".into(),
+        dir.report().into(),
+    ]
+}
+
+/// Starts `binary args` for the guest in `dir` (`edgevisor run --config ... --api-socket ...
+/// --report ...`, or the jailer that runs it), in its own session (so it outlives the agent
+/// and no terminal signal reaches it), with stdout and stderr appended to its console log.
+/// The child writes "PID GENERATION" to the pid file itself before exec, so a VM that exists
+/// is always on record.
+pub fn spawn_vm(
+    binary: &Path,
+    args: &[OsString],
+    dir: &GuestDir,
+    generation: u64,
+) -> Result<Child, SpawnError> {
     let console_path = dir.console();
     let console_err = |source| SpawnError::Console {
         path: console_path.clone(),
@@ -161,13 +181,7 @@ pub fn spawn_vm(binary: &Path, dir: &GuestDir, generation: u64) -> Result<Child,
     let pid_path = cstring(&dir.pid_file())?;
     let generation_text = format!(" {generation}\n").into_bytes();
     let mut cmd = Command::new(binary);
-    cmd.arg("run")
-        .arg("--config")
-        .arg(dir.config())
-        .arg("--api-socket")
-        .arg(dir.socket())
-        .arg("--report")
-        .arg(dir.report())
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(console)
         .stderr(console2);

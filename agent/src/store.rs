@@ -156,9 +156,10 @@ pub fn remove_if_present(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// The files of one guest.
+/// The files of one guest: its directory, and where its VM's socket and report are when that
+/// is elsewhere (the jail's `/run` for a jailed guest).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestDir(pub PathBuf);
+pub struct GuestDir(pub PathBuf, pub Option<PathBuf>);
 
 impl GuestDir {
     /// `config.json`.
@@ -177,13 +178,21 @@ impl GuestDir {
     pub fn runtime(&self) -> PathBuf {
         self.0.join("runtime.json")
     }
-    /// `api.sock`.
+    /// `api.sock`, in the run directory.
     pub fn socket(&self) -> PathBuf {
-        self.0.join("api.sock")
+        self.run_dir().join("api.sock")
     }
-    /// `report.json`.
+    /// `report.json`, in the run directory.
     pub fn report(&self) -> PathBuf {
-        self.0.join("report.json")
+        self.run_dir().join("report.json")
+    }
+    /// `jail-config.json`: the config a jailed VMM reads.
+    pub fn jail_config(&self) -> PathBuf {
+        self.0.join("jail-config.json")
+    }
+    /// Where the VM's socket and report are: the jail's `/run` or the guest directory.
+    pub fn run_dir(&self) -> &Path {
+        self.1.as_deref().unwrap_or(&self.0)
     }
     /// `console.log`.
     pub fn console(&self) -> PathBuf {
@@ -225,6 +234,8 @@ impl GuestDir {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// The jail base when guests run through the jailer.
+    jail_base: Option<PathBuf>,
 }
 
 impl Store {
@@ -234,7 +245,14 @@ impl Store {
         std::fs::create_dir_all(&guests).map_err(io_err("create", &guests))?;
         Ok(Store {
             root: root.to_path_buf(),
+            jail_base: None,
         })
+    }
+
+    /// Guests run in jails under `base`: their sockets and reports are in the jails' `/run`.
+    pub fn with_jail_base(mut self, base: Option<PathBuf>) -> Store {
+        self.jail_base = base;
+        self
     }
 
     /// The state directory.
@@ -248,7 +266,12 @@ impl Store {
 
     /// A guest's directory (which may not exist).
     pub fn guest(&self, id: &str) -> GuestDir {
-        GuestDir(self.guests().join(id))
+        let run = self.jail_base.as_ref().map(|base| {
+            vmm::jail::jail_dir(base, &crate::jail::jail_id(id))
+                .join("root")
+                .join("run")
+        });
+        GuestDir(self.guests().join(id), run)
     }
 
     /// Creates a guest's directory with its config and desired state in one rename.
@@ -258,7 +281,7 @@ impl Store {
         config: &serde_json::Value,
         desired: &Desired,
     ) -> Result<GuestDir, StoreError> {
-        let tmp = GuestDir(self.guests().join(format!(".new-{id}")));
+        let tmp = GuestDir(self.guests().join(format!(".new-{id}")), None);
         let _ = std::fs::remove_dir_all(&tmp.0);
         std::fs::create_dir(&tmp.0).map_err(io_err("create", &tmp.0))?;
         write_json(&tmp.config(), config)?;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::jail::{JailError, JailOptions};
 use crate::metrics::{self, CounterStore, MetricsError, VmCounters, VmSample};
 use crate::process::{self, SpawnError};
 use crate::sampling;
@@ -81,6 +82,15 @@ pub enum AgentError {
     /// The metrics counter store could not be read or written.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The guest cannot be started through the jailer.
+    #[error("guest {id:?} cannot run in a jail: {source}")]
+    Jail {
+        /// The guest.
+        id: String,
+        /// Why.
+        #[source]
+        source: JailError,
+    },
 }
 
 impl AgentError {
@@ -98,6 +108,10 @@ impl AgentError {
                 }
             }
             AgentError::Vm { .. } => 502,
+            AgentError::Jail { source, .. } => match source {
+                JailError::Write { .. } | JailError::Cleanup(_) => 500,
+                _ => 422,
+            },
             AgentError::Store(_) | AgentError::Spawn(_) | AgentError::Metrics(_) => 500,
         }
     }
@@ -125,10 +139,20 @@ struct Guest {
     deleted: bool,
 }
 
+/// How the supervisor starts VMs.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    /// The edgevisor binary.
+    pub edgevisor: PathBuf,
+    /// Run it through `edgevisor-jailer` with these options.
+    pub jail: Option<JailOptions>,
+}
+
 /// All guests of one state directory.
 pub struct Supervisor {
     store: Store,
-    edgevisor: PathBuf,
+    /// How VMs are started: the edgevisor binary, and the jailer when guests are jailed.
+    launcher: Launcher,
     guests: Mutex<BTreeMap<String, Arc<Mutex<Guest>>>>,
     /// Cumulative counters per guest, kept across VM and agent restarts.
     counters: Mutex<CounterStore>,
@@ -243,13 +267,28 @@ impl Guest {
     }
 
     /// Spawns the VM for a new generation and waits until its socket answers.
-    fn start(&mut self, edgevisor: &Path) -> Result<(), AgentError> {
+    fn start(&mut self, launcher: &Launcher) -> Result<(), AgentError> {
+        let (program, args) = match &launcher.jail {
+            None => (&launcher.edgevisor, process::direct_args(&self.dir)),
+            Some(jail) => {
+                let jail_err = |source| AgentError::Jail {
+                    id: self.id.clone(),
+                    source,
+                };
+                // The previous run's jail (kept for its report) goes first.
+                jail.cleanup(&self.id).map_err(jail_err)?;
+                let args = jail
+                    .prepare(&launcher.edgevisor, &self.id, &self.dir, &self.config)
+                    .map_err(jail_err)?;
+                (&jail.jailer, args)
+            }
+        };
         self.write_desired(DesiredState::Running, self.desired.generation + 1)?;
         self.dir.clear_run_files()?;
         self.last_exit = None;
         self.ended_unwatched = false;
         let generation = self.desired.generation;
-        let child = process::spawn_vm(edgevisor, &self.dir, generation)?;
+        let child = process::spawn_vm(program, &args, &self.dir, generation)?;
         let pid = child.id();
         let start_time = process::proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
         let record = RuntimeRecord {
@@ -293,7 +332,18 @@ impl Guest {
         }
     }
 
-    /// Stops the VM: through its socket, then SIGKILL if it does not end in time.
+    /// The argument that tells this guest's VM process apart in /proc/PID/cmdline: its socket
+    /// path, or for a jailed guest its jailer's `--id=`.
+    fn cmdline_marker(&self) -> std::ffi::OsString {
+        if self.dir.1.is_some() {
+            JailOptions::cmdline_marker(&self.id)
+        } else {
+            self.dir.socket().into_os_string()
+        }
+    }
+
+    /// Stops the VM: through its socket, then SIGKILL if it does not end in time (a jailer
+    /// killed so takes its VMM with it).
     fn stop_vm(&mut self) {
         if self.vm.is_none() {
             return;
@@ -377,7 +427,12 @@ impl Guest {
                 &fetched
             }
         };
-        let process = metrics::read_process(vm.record.pid).ok();
+        // The VMM's own pid: for a jailed guest, record.pid is its jailer.
+        let pid = state["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(vm.record.pid);
+        let process = metrics::read_process(pid).ok();
         let incarnation = format!("{}:{}", vm.record.pid, vm.record.start_time);
         let rss = process.map(|p| p.resident_memory_bytes);
         Some((incarnation, sampling::reading(state, process.as_ref()), rss))
@@ -420,10 +475,22 @@ impl Supervisor {
     /// A supervisor of the guests in `store`, run with the `edgevisor` binary.
     /// Its cumulative counters live in `STATE/counters.json`.
     pub fn new(store: Store, edgevisor: PathBuf) -> Result<Supervisor, AgentError> {
+        Supervisor::with_launcher(
+            store,
+            Launcher {
+                edgevisor,
+                jail: None,
+            },
+        )
+    }
+
+    /// A supervisor that starts VMs as `launcher` says; with a jail, `store` must have been
+    /// given the same jail base ([`Store::with_jail_base`]).
+    pub fn with_launcher(store: Store, launcher: Launcher) -> Result<Supervisor, AgentError> {
         let counters = CounterStore::open(&store.root().join("counters.json"))?;
         Ok(Supervisor {
             store,
-            edgevisor,
+            launcher,
             guests: Mutex::new(BTreeMap::new()),
             counters: Mutex::new(counters),
         })
@@ -507,7 +574,7 @@ impl Supervisor {
             // The agent died between spawn and runtime.json: trust the pid only if that
             // process is an edgevisor serving this guest's socket.
             (None, Some((pid, generation))) => process::proc_stat(pid)
-                .filter(|_| process::execs_with(pid, &dir.socket()))
+                .filter(|_| process::execs_with(pid, &guest.cmdline_marker()))
                 .map(|stat| RuntimeRecord {
                     pid,
                     start_time: stat.start_time,
@@ -545,6 +612,7 @@ impl Supervisor {
         Ok(match guest.desired.state {
             DesiredState::Deleted => {
                 guest.stop_vm();
+                self.remove_jail(&id);
                 self.forget_counters(&id);
                 self.store.remove_guest(&id)?;
                 guest.deleted = true;
@@ -558,7 +626,7 @@ impl Supervisor {
                 if !alive && recorded.is_none_or(|g| g < guest.desired.generation) =>
             {
                 // The agent died before the VM of this start was spawned.
-                let result = guest.start(&self.edgevisor);
+                let result = guest.start(&self.launcher);
                 if result.is_ok() && guest.desired.state == DesiredState::Paused {
                     let _ = guest.call("PUT", "/pause");
                 }
@@ -625,7 +693,7 @@ impl Supervisor {
                     hint: "stop it first, or resume it if it is paused",
                 });
             }
-            g.start(&self.edgevisor)?;
+            g.start(&self.launcher)?;
             Ok(g.document())
         })
     }
@@ -665,6 +733,7 @@ impl Supervisor {
         let doc = self.with_guest(id, |g| {
             g.write_desired(DesiredState::Deleted, g.desired.generation)?;
             g.stop_vm();
+            self.remove_jail(id);
             self.store.remove_guest(id)?;
             self.forget_counters(id);
             g.deleted = true;
@@ -717,6 +786,15 @@ impl Supervisor {
                 })?;
             Ok(bytes)
         })
+    }
+
+    /// Removes a deleted guest's jail, if guests are jailed.
+    fn remove_jail(&self, id: &str) {
+        if let Some(jail) = &self.launcher.jail {
+            if let Err(e) = jail.cleanup(id) {
+                eprintln!("edgevisor-agent: guest {id}: {e}");
+            }
+        }
     }
 
     fn forget_counters(&self, id: &str) {

@@ -36,7 +36,15 @@ pub fn edgevisor_bin() -> &'static Path {
         // while tests run. Set EDGEVISOR_BIN to skip this.
         let target_dir = profile_dir.parent().expect("target directory");
         let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "-p", "vmm", "--bin", "edgevisor"]);
+        cargo.args([
+            "build",
+            "-p",
+            "vmm",
+            "--bin",
+            "edgevisor",
+            "--bin",
+            "edgevisor-jailer",
+        ]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cargo.arg("--release");
         }
@@ -58,6 +66,11 @@ pub fn edgevisor_bin() -> &'static Path {
         );
         bin
     })
+}
+
+/// The `edgevisor-jailer` built beside [`edgevisor_bin`].
+pub fn jailer_bin() -> PathBuf {
+    edgevisor_bin().with_file_name("edgevisor-jailer")
 }
 
 /// A scratch directory, removed on drop.
@@ -148,10 +161,17 @@ pub struct Agent {
     pub dir: Scratch,
     pub port: u16,
     child: Option<Child>,
+    /// Arguments added to every launch.
+    extra: Vec<std::ffi::OsString>,
 }
 
 impl Agent {
     pub fn start(tag: &str) -> Agent {
+        Agent::start_with(tag, |_| Vec::new())
+    }
+
+    /// An agent launched with extra arguments, made from its scratch directory.
+    pub fn start_with(tag: &str, extra: impl FnOnce(&Path) -> Vec<std::ffi::OsString>) -> Agent {
         let dir = Scratch::new(tag);
         std::fs::write(dir.0.join("token"), format!("{TOKEN}\n")).unwrap();
         let fw = Command::new(edgevisor_bin())
@@ -166,10 +186,12 @@ impl Agent {
             .local_addr()
             .unwrap()
             .port();
+        let extra = extra(&dir.0);
         let mut agent = Agent {
             dir,
             port,
             child: None,
+            extra,
         };
         agent.launch();
         agent
@@ -201,6 +223,7 @@ impl Agent {
             .arg(self.dir.0.join("token"))
             .arg("--edgevisor")
             .arg(edgevisor_bin())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
