@@ -63,6 +63,13 @@ pub fn reading(state: &Value, process: Option<&ProcessSample>) -> VmCounters {
             bus["unhandled_mmio_accesses"].as_u64().unwrap_or(0),
         );
         counters.errors.insert("bus".to_string(), errors);
+        // vCPU exits by kind, as the VM counts them (vmm::state::ExitKind).
+        if let Some(exits) = bus["exits"].as_object() {
+            counters.exits = exits
+                .iter()
+                .map(|(kind, n)| (kind.clone(), n.as_u64().unwrap_or(0)))
+                .collect();
+        }
     }
     counters
 }
@@ -84,7 +91,8 @@ mod tests {
     #[test]
     fn devices_are_sorted_into_net_block_and_errors() {
         let state = json!({
-            "counters": {"unhandled_pio_accesses": 3, "unhandled_mmio_accesses": 0},
+            "counters": {"unhandled_pio_accesses": 3, "unhandled_mmio_accesses": 0,
+                         "exits": {"io_out": 40, "mmio_read": 7}},
             "virtio": {
                 "net0": {"rx_bytes": 100, "tx_bytes": 50, "rx_packets": 2, "tx_packets": 1,
                          "dropped_no_buffer": 4},
@@ -106,6 +114,9 @@ mod tests {
         assert_eq!(c.errors["block0"]["io_errors"], 2);
         assert_eq!(c.errors["rng0"]["io_errors"], 0);
         assert_eq!(c.errors["bus"]["unhandled_pio"], 3);
+        assert_eq!(c.exits["io_out"], 40);
+        assert_eq!(c.exits["mmio_read"], 7);
+        assert_eq!(c.exits.len(), 2);
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! A real Prometheus (Debian package prometheus) scrapes render() over loopback; the series
-//! are checked through its HTTP query API. Every wait is bounded.
+//! A real Prometheus (Debian package prometheus) scrapes over loopback: the real agent, with
+//! its bearer token, running a real guest; and render() behind a fake VM process that restarts,
+//! to show the counters never reset. The series are checked through Prometheus's HTTP query
+//! API. Every wait is bounded.
 
+mod common;
 mod metrics_common;
 
 use std::io::{Read, Write};
@@ -20,6 +23,33 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts Prometheus with `scrape_configs` (YAML, indented as list items) in `dir`; returns
+/// its guard and web port.
+fn start_prometheus(dir: &std::path::Path, scrape_configs: &str) -> (KillOnDrop, u16) {
+    std::fs::create_dir_all(dir.join("tsdb")).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape_configs}"
+        ),
+    )
+    .unwrap();
+    let web = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus not found: run scripts/install-test-deps.sh (package prometheus)");
+    (KillOnDrop(child), web)
 }
 
 fn free_port() -> u16 {
@@ -139,28 +169,10 @@ fn prometheus_scrapes_and_counters_never_reset() {
 
     let dir = std::env::temp_dir().join(format!("agentobs-prom-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("tsdb")).unwrap();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: edgevisor\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
-        ),
-    )
-    .unwrap();
-    let web = free_port();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .expect("prometheus not found: run scripts/install-test-deps.sh (package prometheus)");
-    let _guard = KillOnDrop(child);
+    let (_guard, web) = start_prometheus(
+        &dir,
+        &format!("  - job_name: edgevisor\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"),
+    );
 
     let up = wait_for(web, "up{job=\"edgevisor\"}", |r| {
         r.iter().any(|(_, v)| *v == 1.0)
@@ -212,4 +224,62 @@ fn prometheus_scrapes_and_counters_never_reset() {
     );
     assert!(accept_seen.lock().unwrap().contains("openmetrics"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn prometheus_scrapes_the_real_agent_with_its_bearer_token() {
+    let agent = common::Agent::start("prom-real");
+    agent.run_guest("vm1");
+    let dir = agent.dir.0.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_token = dir.join("wrong-token");
+    std::fs::write(&bad_token, "not-the-token-at-all\n").unwrap();
+    let job = |name: &str, token: &std::path::Path| {
+        format!(
+            "  - job_name: {name}\n    authorization:\n      type: Bearer\n      credentials_file: {}\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            token.display(),
+            agent.port
+        )
+    };
+    let jobs = job("edgevisor", &agent.dir.0.join("token")) + &job("wrong-token", &bad_token);
+    let (_guard, web) = start_prometheus(&dir, &jobs);
+
+    // The agent answers Prometheus's scrape only with the right token.
+    let up = wait_for(web, "up{job=\"edgevisor\"}", |r| {
+        r.iter().any(|(_, v)| *v == 1.0)
+    });
+    assert_eq!(up.len(), 1);
+    let refused = wait_for(web, "up{job=\"wrong-token\"}", |r| !r.is_empty());
+    assert_eq!(
+        refused[0].1, 0.0,
+        "a scrape with a wrong token was accepted"
+    );
+
+    // Node and guest series, from the live guest.
+    let info = wait_for(web, "edgevisor_node_info{job=\"edgevisor\"}", |r| {
+        !r.is_empty()
+    });
+    assert_eq!(info[0].0["arch"], std::env::consts::ARCH);
+    let state = wait_for(
+        web,
+        "edgevisor_vm_state{vm=\"vm1\",state=\"running\"}",
+        |r| !r.is_empty(),
+    );
+    assert_eq!(state[0].1, 1.0);
+    // The guest printed through the serial port: port-write exits, counted by the VM,
+    // accumulated by the agent, scraped by Prometheus.
+    let exits = wait_for(
+        web,
+        "edgevisor_vm_exits_total{vm=\"vm1\",reason=\"io_out\"}",
+        |r| r.first().is_some_and(|(_, v)| *v > 0.0),
+    );
+    assert_eq!(exits.len(), 1);
+    let boot = wait_for(web, "edgevisor_vm_boot_duration_seconds{vm=\"vm1\"}", |r| {
+        !r.is_empty()
+    });
+    assert!(boot[0].1 > 0.0 && boot[0].1 < 30.0, "{boot:?}");
+    let rss = wait_for(web, "edgevisor_vm_resident_memory_bytes{vm=\"vm1\"}", |r| {
+        !r.is_empty()
+    });
+    assert!(rss[0].1 > 1e6, "{rss:?}");
 }

@@ -34,11 +34,75 @@ pub enum VcpuControl {
     Exit,
 }
 
+/// Why KVM_RUN returned to the VMM, as counted (names are the `reason` label of the agent's
+/// `edgevisor_vm_exits_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// A port write (serial output, debug exit, PCI config).
+    IoOut,
+    /// A port read.
+    IoIn,
+    /// An MMIO write (virtio-mmio registers, PL011).
+    MmioWrite,
+    /// An MMIO read.
+    MmioRead,
+    /// A halt KVM did not handle.
+    Hlt,
+    /// A triple fault.
+    Shutdown,
+    /// KVM could not run or emulate the guest.
+    InternalError,
+    /// VM entry failed.
+    FailEntry,
+    /// Power off, reset or crash from the guest (PSCI on arm64).
+    SystemEvent,
+    /// A signal interrupted KVM_RUN (pause, stop).
+    Interrupted,
+    /// Anything else.
+    Other,
+}
+
+impl ExitKind {
+    /// Every kind, in report order.
+    pub const ALL: [ExitKind; 11] = [
+        ExitKind::IoOut,
+        ExitKind::IoIn,
+        ExitKind::MmioWrite,
+        ExitKind::MmioRead,
+        ExitKind::Hlt,
+        ExitKind::Shutdown,
+        ExitKind::InternalError,
+        ExitKind::FailEntry,
+        ExitKind::SystemEvent,
+        ExitKind::Interrupted,
+        ExitKind::Other,
+    ];
+
+    /// The kind's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitKind::IoOut => "io_out",
+            ExitKind::IoIn => "io_in",
+            ExitKind::MmioWrite => "mmio_write",
+            ExitKind::MmioRead => "mmio_read",
+            ExitKind::Hlt => "hlt",
+            ExitKind::Shutdown => "shutdown",
+            ExitKind::InternalError => "internal_error",
+            ExitKind::FailEntry => "fail_entry",
+            ExitKind::SystemEvent => "system_event",
+            ExitKind::Interrupted => "interrupted",
+            ExitKind::Other => "other",
+        }
+    }
+}
+
 /// VM-wide counters.
 #[derive(Debug, Default)]
 pub struct VmCounters {
     unhandled_pio: AtomicU64,
     unhandled_mmio: AtomicU64,
+    /// vCPU exits, indexed like [`ExitKind::ALL`] (all vCPUs together).
+    exits: [AtomicU64; ExitKind::ALL.len()],
 }
 
 impl VmCounters {
@@ -50,22 +114,32 @@ impl VmCounters {
     pub fn count_unhandled_mmio(&self) {
         self.unhandled_mmio.fetch_add(1, Ordering::Relaxed);
     }
+    /// One vCPU exit of `kind`.
+    pub fn count_exit(&self, kind: ExitKind) {
+        self.exits[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
     /// Snapshot.
     pub fn snapshot(&self) -> CountersReport {
         CountersReport {
             unhandled_pio_accesses: self.unhandled_pio.load(Ordering::Relaxed),
             unhandled_mmio_accesses: self.unhandled_mmio.load(Ordering::Relaxed),
+            exits: ExitKind::ALL
+                .iter()
+                .map(|k| (k.name(), self.exits[*k as usize].load(Ordering::Relaxed)))
+                .collect(),
         }
     }
 }
 
 /// Counters as reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CountersReport {
     /// Port accesses nobody answered (reads got all ones).
     pub unhandled_pio_accesses: u64,
     /// MMIO accesses nobody answered.
     pub unhandled_mmio_accesses: u64,
+    /// vCPU exits by kind ([`ExitKind::name`]), every kind present.
+    pub exits: std::collections::BTreeMap<&'static str, u64>,
 }
 
 struct Inner {

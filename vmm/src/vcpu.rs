@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::exit::ExitReason;
 use crate::seccomp::{self, ThreadKind};
-use crate::state::{Shared, VcpuControl};
+use crate::state::{ExitKind, Shared, VcpuControl};
 use crate::timings::Phase;
 
 /// Real-time signal used to kick vCPUs out of KVM_RUN.
@@ -119,7 +119,25 @@ impl VcpuThread {
 
     /// One KVM_RUN; returns an exit reason when the VM must end.
     fn run_once(&mut self) -> Option<ExitReason> {
-        match self.fd.run() {
+        let result = self.fd.run();
+        let kind = match &result {
+            Ok(VcpuExit::IoOut(..)) => ExitKind::IoOut,
+            Ok(VcpuExit::IoIn(..)) => ExitKind::IoIn,
+            Ok(VcpuExit::MmioWrite(..)) => ExitKind::MmioWrite,
+            Ok(VcpuExit::MmioRead(..)) => ExitKind::MmioRead,
+            Ok(VcpuExit::Hlt) => ExitKind::Hlt,
+            Ok(VcpuExit::Shutdown) => ExitKind::Shutdown,
+            Ok(VcpuExit::InternalError) => ExitKind::InternalError,
+            Ok(VcpuExit::FailEntry(..)) => ExitKind::FailEntry,
+            Ok(VcpuExit::SystemEvent(..)) => ExitKind::SystemEvent,
+            Ok(VcpuExit::Intr) => ExitKind::Interrupted,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                ExitKind::Interrupted
+            }
+            _ => ExitKind::Other,
+        };
+        self.shared.counters.count_exit(kind);
+        match result {
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !self.pio.write(port as u64, data) {
                     self.shared.counters.count_unhandled_pio();

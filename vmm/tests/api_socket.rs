@@ -55,11 +55,22 @@ fn a_hung_probe_is_paused_resumed_and_stopped_through_its_socket() {
     assert_eq!(doc["pid"], child.id());
     assert_eq!(doc["boot"]["image"], "builtin probe");
     assert_eq!(doc["boot"]["mem_mib"], 64);
+    // vCPU exits by kind: every kind is listed; the probe printed, so port writes exited.
+    let exits = &doc["counters"]["exits"];
+    assert_eq!(exits.as_object().map(|m| m.len()), Some(11), "{doc}");
+    let booted_io_out = exits["io_out"].as_u64().unwrap();
+    assert!(booted_io_out > 0, "{doc}");
+    assert_eq!(exits["internal_error"], 0);
 
     let (status, doc) = call(&sock, "PUT", "/pause", TIMEOUT).unwrap();
     assert_eq!((status, doc["state"].as_str()), (200, Some("paused")));
     let (_, doc) = call(&sock, "GET", "/state", TIMEOUT).unwrap();
     assert_eq!(doc["state"], "paused");
+    // Pausing kicked the vCPU out of KVM_RUN with a signal.
+    assert!(
+        doc["counters"]["exits"]["interrupted"].as_u64().unwrap() >= 1,
+        "{doc}"
+    );
     let (status, doc) = call(&sock, "PUT", "/resume", TIMEOUT).unwrap();
     assert_eq!((status, doc["state"].as_str()), (200, Some("running")));
 
@@ -82,6 +93,7 @@ fn a_hung_probe_is_paused_resumed_and_stopped_through_its_socket() {
         serde_json::from_slice(&std::fs::read(dir.0.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["exit"]["reason"], "stopped");
     assert_eq!(report["exit_code"], 8);
+    assert!(report["counters"]["exits"]["io_out"].as_u64().unwrap() >= booted_io_out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("probe"));
 }
 

@@ -202,6 +202,11 @@ fn the_probe_reads_writes_and_flushes_a_disk_and_reads_entropy() {
     assert_eq!(block["read_bytes"], 1024, "{block}");
     assert_eq!(block["malformed_chains"], 0, "{block}");
     assert_eq!(json["virtio"]["rng0"]["rx_bytes"], 64);
+    // The driver programmed the two devices' registers (status, features, queue addresses)
+    // through MMIO exits; its kicks went to ioeventfds and never reached the VMM.
+    let exits = &json["counters"]["exits"];
+    assert!(exits["mmio_write"].as_u64().unwrap() > 20, "{exits}");
+    assert!(exits["mmio_read"].as_u64().unwrap() > 0, "{exits}");
 }
 
 #[test]
