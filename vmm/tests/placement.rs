@@ -15,20 +15,40 @@ use std::time::{Duration, Instant};
 static POOL: Mutex<()> = Mutex::new(());
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 
-/// Sets the 2 MiB pool to `pages` and restores the previous size on drop.
-struct Reserved(String);
+/// Resizes the 2 MiB pool so that exactly `pages` pages are free (pages other processes use
+/// stay theirs) with no surplus pages, and restores both settings on drop.
+struct Reserved {
+    nr: String,
+    overcommit: String,
+}
+
+const OVERCOMMIT: &str = "/proc/sys/vm/nr_overcommit_hugepages";
 
 impl Reserved {
-    fn pages(pages: u32) -> Reserved {
-        let before = std::fs::read_to_string(NR_HUGEPAGES).expect("read nr_hugepages");
-        std::fs::write(NR_HUGEPAGES, pages.to_string()).expect("write nr_hugepages (root)");
-        Reserved(before.trim().to_string())
+    fn pages(pages: u64) -> Reserved {
+        let nr = std::fs::read_to_string(NR_HUGEPAGES).expect("read nr_hugepages");
+        let overcommit = std::fs::read_to_string(OVERCOMMIT).expect("read overcommit");
+        std::fs::write(OVERCOMMIT, "0").expect("write nr_overcommit_hugepages (root)");
+        let total: u64 = nr.trim().parse().unwrap();
+        let in_use = total.saturating_sub(free_hugepages());
+        std::fs::write(NR_HUGEPAGES, (in_use + pages).to_string())
+            .expect("write nr_hugepages (root)");
+        assert_eq!(
+            free_hugepages(),
+            pages,
+            "could not set up {pages} free pages"
+        );
+        Reserved {
+            nr: nr.trim().to_string(),
+            overcommit: overcommit.trim().to_string(),
+        }
     }
 }
 
 impl Drop for Reserved {
     fn drop(&mut self) {
-        let _ = std::fs::write(NR_HUGEPAGES, &self.0);
+        let _ = std::fs::write(NR_HUGEPAGES, &self.nr);
+        let _ = std::fs::write(OVERCOMMIT, &self.overcommit);
     }
 }
 
