@@ -149,13 +149,13 @@ impl Testpmd {
         wait_until(limit, || self.log_text().matches(needle).count() >= count)
     }
 
-    fn port_stats(&mut self) -> [PortStats; 2] {
+    fn port_stats(&mut self, ports: usize) -> [PortStats; 2] {
         let before = self.log_text().len();
         self.command("show port stats all");
         let mut text = String::new();
         let done = wait_until(Duration::from_secs(10), || {
             text = self.log_text().get(before..).unwrap_or("").to_string();
-            text.matches("Throughput (since last show)").count() >= 2
+            text.matches("Throughput (since last show)").count() >= ports
         });
         assert!(done, "testpmd did not print its port stats: {text}");
         let mut stats = [PortStats::default(); 2];
@@ -352,7 +352,7 @@ fn two_guests_exchange_frames_through_testpmd_and_reconnect_after_it_restarts() 
             .unwrap_or_else(|| panic!("no virtio-net line\n{}\n{}", vmm.show(), pmd.log_text()))
     });
     // testpmd's counters: each port took one frame from its guest and gave one to it.
-    let stats = pmd.port_stats();
+    let stats = pmd.port_stats(2);
     for (port, st) in stats.iter().enumerate() {
         assert_eq!(
             (st.rx_packets, st.tx_packets),
@@ -468,4 +468,147 @@ fn vhost_user_errors_are_clear_and_early() {
     let o = edgevisor(&["run", "--mem", "64M,shared=on", "--net", &net]);
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     assert!(stderr(&o).contains("control virtqueue"), "{}", show(&o));
+}
+
+/// Frames per `probe.net=flood` run (firmware's NET_FLOOD_FRAMES).
+const FLOOD_FRAMES: u64 = 10_000;
+const BENCH_ROUNDS: usize = 5;
+
+/// One flood run: the guest's own timing of FLOOD_FRAMES frames, in microseconds.
+fn flood_us(cmd: &mut Command) -> u64 {
+    let o = cmd
+        .args(["--cmdline", "probe.net=flood"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn edgevisor");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("probe: virtio-net"))
+        .unwrap_or_else(|| panic!("no virtio-net line\n{out}\n{err}"));
+    assert!(
+        line.contains(&format!("tx=flood frames={FLOOD_FRAMES} us=")),
+        "{line}\n{err}"
+    );
+    let us: u64 = line.rsplit("us=").next().unwrap().trim().parse().unwrap();
+    assert!(us > 0, "the guest has no TSC frequency: {line}");
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    us
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The benchmark (run by hand, it takes about a minute): the same probe guest floods
+/// 10000 frames of 36 bytes (plus the 12-byte virtio-net header), one at a time, through
+/// `--net vhost-user=` into testpmd (rxonly) and through `--net tap=` into a TAP in a
+/// network namespace. Medians of 5 rounds of packets and bytes per second, and the ratio.
+///
+/// cargo test --release -p vmm --test vhost_user -- --ignored --nocapture bench
+#[test]
+#[ignore = "benchmark: run by hand with --ignored --nocapture"]
+fn bench_frames_per_second_vhost_user_vs_tap() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new("vhost-bench");
+    let dir = scratch.0.clone();
+    let frame_len = firmware::net_tx_frame([2, 0, 0, 0, 0, 1]).len() as f64;
+
+    // vhost-user into testpmd, one port, rxonly.
+    let mut vhost_us = Vec::new();
+    {
+        let _pages = Hugepages::reserve(TESTPMD_PAGES);
+        let sock = dir.join("bench.sock");
+        let log = dir.join("testpmd-bench.log");
+        let out = File::create(&log).unwrap();
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "-eL",
+                "dpdk-testpmd",
+                "-l",
+                "0-1",
+                "--no-pci",
+                "--in-memory",
+            ])
+            .args([
+                "--file-prefix",
+                &format!("edgevisor-vu-bench-{}", std::process::id()),
+            ])
+            .args([
+                "--vdev",
+                &format!("net_vhost0,iface={},queues=1", sock.display()),
+            ])
+            .args([
+                "--",
+                "-i",
+                "--total-num-mbufs=16384",
+                "--forward-mode=rxonly",
+            ])
+            .arg("--auto-start")
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("run dpdk-testpmd");
+        let stdin = child.stdin.take().unwrap();
+        let mut pmd = Testpmd { child, stdin, log };
+        assert!(wait_until(Duration::from_secs(30), || sock.exists()));
+        let net = format!("vhost-user={}", sock.display());
+        for _ in 0..BENCH_ROUNDS {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgevisor"));
+            cmd.args(["run", "--mem", "64M,shared=on", "--net", &net]);
+            vhost_us.push(flood_us(&mut cmd));
+        }
+        let stats = pmd.port_stats(1);
+        assert!(
+            stats[0].rx_packets >= FLOOD_FRAMES * BENCH_ROUNDS as u64,
+            "testpmd counted fewer frames than the guests sent: {stats:?}"
+        );
+        eprintln!("testpmd port 0 after the vhost-user rounds: {:?}", stats[0]);
+    }
+
+    // TAP in a network namespace (nobody reads it: the kernel takes the frames and drops
+    // them after counting them on the interface).
+    let ns = format!("ev-bench-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip").args(args).status().unwrap();
+        assert!(ok.success(), "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns]);
+    ip(&[
+        "-n", &ns, "tuntap", "add", "dev", "evbench0", "mode", "tap", "vnet_hdr",
+    ]);
+    ip(&["-n", &ns, "link", "set", "evbench0", "up"]);
+    let mut tap_us = Vec::new();
+    for _ in 0..BENCH_ROUNDS {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_edgevisor")])
+            .args(["run", "--mem", "64M,shared=on", "--net", "tap=evbench0"]);
+        tap_us.push(flood_us(&mut cmd));
+    }
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+
+    let pps = |us: &[u64]| {
+        median(
+            us.iter()
+                .map(|u| FLOOD_FRAMES as f64 * 1e6 / *u as f64)
+                .collect(),
+        )
+    };
+    let (v, t) = (pps(&vhost_us), pps(&tap_us));
+    eprintln!(
+        "rounds (guest us for {FLOOD_FRAMES} frames): vhost-user {vhost_us:?}, tap {tap_us:?}"
+    );
+    eprintln!(
+        "vhost-user (testpmd): median {v:.0} frames/s, {:.0} bytes/s",
+        v * frame_len
+    );
+    eprintln!(
+        "tap:                  median {t:.0} frames/s, {:.0} bytes/s",
+        t * frame_len
+    );
+    eprintln!("ratio vhost-user / tap: {:.2}", v / t);
 }
