@@ -7,7 +7,9 @@ use images::BootProtocol;
 use numa::{CpuSpec, HugePages, MemorySpec};
 use serde::{Deserialize, Serialize};
 
-use crate::device_config::{DeviceConfigError, DiskCache, DiskConfig, NetConfig, VsockConfig};
+use crate::device_config::{
+    DeviceConfigError, DiskCache, DiskConfig, NetConfig, VhostUserNetConfig, VsockConfig,
+};
 
 /// Largest vCPU count we build tables for.
 pub const MAX_VCPUS: u8 = 254;
@@ -59,6 +61,12 @@ pub enum ConfigError {
     /// A device option is not usable.
     #[error(transparent)]
     Device(#[from] DeviceConfigError),
+    /// A vhost-user back end needs guest memory it can map.
+    #[error("--net vhost-user={socket} needs guest memory the back end can map, but guest memory is private: add shared=on to --mem (e.g. --mem 256M,shared=on, or 256M,hugepages=2M,shared=on for DPDK)")]
+    VhostUserNeedsSharedMemory {
+        /// The first vhost-user socket configured.
+        socket: PathBuf,
+    },
     /// A Firecracker section we do not implement yet.
     #[error("config file {path}: {what} is not supported by edgevisor yet: remove it")]
     Unsupported {
@@ -128,6 +136,9 @@ pub struct VmConfig {
     /// virtio-net cards on TAP devices.
     #[serde(default)]
     pub nets: Vec<NetConfig>,
+    /// virtio-net cards served by vhost-user back ends (placed after the TAP cards).
+    #[serde(default)]
+    pub vhost_user_nets: Vec<VhostUserNetConfig>,
     /// The virtio-vsock device.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
@@ -163,6 +174,7 @@ impl Default for VmConfig {
             seccomp: default_seccomp(),
             disks: Vec::new(),
             nets: Vec::new(),
+            vhost_user_nets: Vec::new(),
             vsock: None,
             rng: false,
         }
@@ -229,6 +241,19 @@ impl VmConfig {
         for net in &self.nets {
             net.validate()?;
         }
+        for net in &self.vhost_user_nets {
+            net.validate()?;
+        }
+        // Decision: vhost-user does not turn shared memory on by itself. shared=on changes
+        // how guest RAM is accounted (shmem instead of anonymous memory) and which pages back
+        // it, so it is the operator's call, as in Cloud Hypervisor; the error says what to add.
+        if let Some(net) = self.vhost_user_nets.first() {
+            if !self.shared_memory {
+                return Err(ConfigError::VhostUserNeedsSharedMemory {
+                    socket: net.socket.clone(),
+                });
+            }
+        }
         if let Some(vsock) = &self.vsock {
             vsock.validate()?;
         }
@@ -247,6 +272,7 @@ impl VmConfig {
     pub fn virtio_device_count(&self) -> usize {
         self.disks.len()
             + self.nets.len()
+            + self.vhost_user_nets.len()
             + usize::from(self.vsock.is_some())
             + usize::from(self.rng)
     }

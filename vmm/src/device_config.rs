@@ -88,6 +88,132 @@ pub struct NetConfig {
     pub mac: Option<String>,
 }
 
+/// Who opens the vhost-user connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VhostUserMode {
+    /// The back end listens on the socket; edgevisor connects (testpmd's default).
+    #[default]
+    Client,
+    /// Edgevisor creates the socket and waits for the back end (testpmd's `client=1`).
+    Server,
+}
+
+/// One virtio-net card whose data path is a vhost-user back end (DPDK testpmd, OVS-DPDK).
+/// Needs guest memory the back end can map: `--mem SIZE,shared=on`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostUserNetConfig {
+    /// The vhost-user Unix socket.
+    pub socket: PathBuf,
+    /// Who connects to whom.
+    #[serde(default)]
+    pub mode: VhostUserMode,
+    /// RX/TX queue pairs (only 1 for now: multiqueue needs the control virtqueue).
+    #[serde(default = "one_queue_pair")]
+    pub queues: u16,
+    /// Guest MAC address; random (locally administered) when absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+fn one_queue_pair() -> u16 {
+    1
+}
+
+/// What one `--net` option asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetOption {
+    /// `tap=NAME[,mac=MAC]`.
+    Tap(NetConfig),
+    /// `vhost-user=SOCKET[,mode=client|server][,queues=N][,mac=MAC]`.
+    VhostUser(VhostUserNetConfig),
+}
+
+impl NetOption {
+    /// Parses one `--net` value: `vhost-user=...` or `tap=...`.
+    pub fn parse(input: &str) -> Result<NetOption, DeviceConfigError> {
+        if input.starts_with("vhost-user=") || input.contains(",vhost-user=") {
+            VhostUserNetConfig::parse(input).map(NetOption::VhostUser)
+        } else {
+            NetConfig::parse(input).map(NetOption::Tap)
+        }
+    }
+}
+
+impl VhostUserNetConfig {
+    /// Most queue pairs accepted.
+    pub const MAX_QUEUES: u16 = 1;
+
+    /// Parses `vhost-user=SOCKET[,mode=client|server][,queues=N][,mac=MAC]`.
+    pub fn parse(input: &str) -> Result<VhostUserNetConfig, DeviceConfigError> {
+        let map = parse_items("net", input, &["vhost-user", "mode", "queues", "mac"])?;
+        let socket = map.get("vhost-user").ok_or(DeviceConfigError::Missing {
+            option: "net",
+            input: input.to_string(),
+            key: "vhost-user",
+        })?;
+        let mode = match map.get("mode").map(String::as_str) {
+            None | Some("client") => VhostUserMode::Client,
+            Some("server") => VhostUserMode::Server,
+            Some(other) => {
+                return Err(DeviceConfigError::BadValue {
+                    option: "net",
+                    key: "mode",
+                    value: other.to_string(),
+                    expected: "client (the back end listens) or server (edgevisor listens)",
+                })
+            }
+        };
+        let queues = match map.get("queues") {
+            None => 1,
+            Some(v) => v.parse::<u16>().map_err(|_| DeviceConfigError::BadValue {
+                option: "net",
+                key: "queues",
+                value: v.clone(),
+                expected: "1 (multiqueue needs the control virtqueue, not implemented yet)",
+            })?,
+        };
+        let config = VhostUserNetConfig {
+            socket: PathBuf::from(socket),
+            mode,
+            queues,
+            mac: map.get("mac").cloned(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the socket path, queue count and MAC.
+    pub fn validate(&self) -> Result<(), DeviceConfigError> {
+        if self.socket.as_os_str().is_empty() {
+            return Err(DeviceConfigError::BadValue {
+                option: "net",
+                key: "vhost-user",
+                value: String::new(),
+                expected: "the path of the back end's Unix socket",
+            });
+        }
+        if self.queues == 0 || self.queues > Self::MAX_QUEUES {
+            return Err(DeviceConfigError::BadValue {
+                option: "net",
+                key: "queues",
+                value: self.queues.to_string(),
+                expected: "1 (multiqueue needs the control virtqueue, not implemented yet)",
+            });
+        }
+        if let Some(mac) = &self.mac {
+            parse_mac(mac)?;
+        }
+        Ok(())
+    }
+
+    /// The MAC, parsed.
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        self.mac.as_deref().and_then(|m| parse_mac(m).ok())
+    }
+}
+
 /// The virtio-vsock device, with Firecracker's hybrid Unix-socket back end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -316,6 +442,36 @@ mod tests {
         assert!(e.to_string().contains("from 3"), "{e}");
         let e = VsockConfig::parse("cid=3").unwrap_err();
         assert!(e.to_string().contains("uds="), "{e}");
+    }
+
+    #[test]
+    fn vhost_user_net_options_parse_and_name_problems() {
+        let n =
+            NetOption::parse("vhost-user=/run/pmd.sock,mode=server,queues=1,mac=02:00:00:00:00:09")
+                .unwrap();
+        let NetOption::VhostUser(v) = n else {
+            panic!("not vhost-user: {n:?}");
+        };
+        assert_eq!(v.socket, PathBuf::from("/run/pmd.sock"));
+        assert_eq!(v.mode, VhostUserMode::Server);
+        assert_eq!(v.queues, 1);
+        assert_eq!(v.mac_bytes(), Some([2, 0, 0, 0, 0, 9]));
+        let NetOption::VhostUser(v) = NetOption::parse("vhost-user=/s").unwrap() else {
+            panic!("not vhost-user");
+        };
+        assert_eq!((v.mode, v.queues, v.mac), (VhostUserMode::Client, 1, None));
+        assert!(matches!(
+            NetOption::parse("tap=t0").unwrap(),
+            NetOption::Tap(_)
+        ));
+        let e = NetOption::parse("vhost-user=/s,mode=both").unwrap_err();
+        assert!(e.to_string().contains("client"), "{e}");
+        let e = NetOption::parse("vhost-user=/s,queues=4").unwrap_err();
+        assert!(e.to_string().contains("control virtqueue"), "{e}");
+        let e = NetOption::parse("vhost-user=/s,tap=t0").unwrap_err();
+        assert!(e.to_string().contains("unknown key \"tap\""), "{e}");
+        let e = NetOption::parse("vhost-user=").unwrap_err();
+        assert!(e.to_string().contains("Unix socket"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use images::BootProtocol;
-use vmm::device_config::{DiskConfig, NetConfig, VsockConfig};
+use vmm::device_config::{DiskConfig, NetOption, VsockConfig};
 use vmm::seccomp::{self, ThreadKind};
 use vmm::{KernelSource, Vm, VmConfig, VmError};
 
@@ -75,7 +75,9 @@ struct RunArgs {
     #[arg(long, conflicts_with = "config")]
     disk: Vec<String>,
     /// A virtio-net card on a TAP device: tap=NAME[,mac=MAC]; repeatable. A missing TAP is
-    /// created, and removed again when the VM ends.
+    /// created, and removed again when the VM ends. Or on a vhost-user back end (DPDK
+    /// testpmd, OVS-DPDK): vhost-user=SOCKET[,mode=client|server][,queues=1][,mac=MAC], which
+    /// needs --mem SIZE,shared=on; such cards come after the TAP cards.
     #[arg(long, conflicts_with = "config")]
     net: Vec<String>,
     /// A virtio-vsock device: cid=N,uds=PATH (Firecracker's hybrid Unix-socket model).
@@ -142,7 +144,10 @@ fn build_config(args: &RunArgs) -> Result<VmConfig, VmError> {
             .push(DiskConfig::parse(disk).map_err(device_err)?);
     }
     for net in &args.net {
-        config.nets.push(NetConfig::parse(net).map_err(device_err)?);
+        match NetOption::parse(net).map_err(device_err)? {
+            NetOption::Tap(tap) => config.nets.push(tap),
+            NetOption::VhostUser(vhost) => config.vhost_user_nets.push(vhost),
+        }
     }
     if let Some(vsock) = &args.vsock {
         config.vsock = Some(VsockConfig::parse(vsock).map_err(device_err)?);

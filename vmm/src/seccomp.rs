@@ -205,6 +205,10 @@ const EVENT_LOOP_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_recvmsg,
     libc::SYS_shutdown,
     libc::SYS_unlinkat,
+    // vhost-user-net (net-dpdk): the reconnect timer is armed and disarmed here when the
+    // back end hangs up / comes back; the reconnect itself is socket (AF_UNIX), connect or
+    // accept4, sendmsg and recvmsg, all above.
+    libc::SYS_timerfd_settime,
 ];
 
 /// Extra for the per-VM control socket thread (vmm::api): waiting on the listener and its

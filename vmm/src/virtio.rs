@@ -19,7 +19,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VmConfig;
-use crate::device_config::DiskCache;
+use crate::device_config::{DiskCache, VhostUserMode};
 
 /// Base of the first device's MMIO window (inside the MMIO hole below 4 GiB).
 #[cfg(target_arch = "x86_64")]
@@ -49,6 +49,9 @@ pub enum VirtioError {
     /// The network device could not be created.
     #[error(transparent)]
     Net(#[from] devices::virtio::net::NetError),
+    /// The vhost-user back end could not be reached or refused the device.
+    #[error(transparent)]
+    VhostUser(#[from] net_dpdk::VhostUserNetError),
     /// The vsock device could not be set up (socket path, listener).
     #[error(transparent)]
     Vsock(#[from] devices::virtio::vsock::VsockError),
@@ -70,7 +73,9 @@ pub struct NamedDevice {
     pub device: Arc<Mutex<dyn VirtioDevice>>,
 }
 
-/// Opens every back end the config names, in a fixed order: disks, nets, vsock, rng.
+/// Opens every back end the config names, in a fixed order: disks, TAP nets, vhost-user
+/// nets (connected and features negotiated here; memory and rings follow at activation),
+/// vsock, rng.
 /// Nothing here touches KVM; on error everything opened so far is closed again (files
 /// unlocked, created TAPs gone, sockets removed) by dropping it.
 pub fn open_backends(config: &VmConfig) -> Result<Vec<NamedDevice>, VirtioError> {
@@ -94,6 +99,18 @@ pub fn open_backends(config: &VmConfig) -> Result<Vec<NamedDevice>, VirtioError>
         let device = Net::new(tap, net.mac_bytes())?;
         out.push(NamedDevice {
             name: format!("net{i}"),
+            device: Arc::new(Mutex::new(device)),
+        });
+    }
+    for (i, net) in config.vhost_user_nets.iter().enumerate() {
+        let mode = match net.mode {
+            VhostUserMode::Client => net_dpdk::Mode::Client,
+            VhostUserMode::Server => net_dpdk::Mode::Server,
+        };
+        let device =
+            net_dpdk::VhostUserNet::connect(&net.socket, mode, net.mac_bytes(), net.queues)?;
+        out.push(NamedDevice {
+            name: format!("net{}", config.nets.len() + i),
             device: Arc::new(Mutex::new(device)),
         });
     }

@@ -90,6 +90,16 @@ static u32 tsc_khz(void)
 	return khz;
 }
 
+u64 tsc_now(void)
+{
+	return rdtsc();
+}
+
+u32 tsc_khz_or_0(void)
+{
+	return tsc_khz();
+}
+
 void deadline_start(struct deadline *d, u32 ms)
 {
 	u32 khz = tsc_khz();

@@ -1,0 +1,516 @@
+//! A virtio-net device whose data path is a vhost-user back end (DPDK testpmd, OVS-DPDK).
+//!
+//! [`VhostUserNet`] implements [`devices::virtio::VirtioDevice`]: the guest sees a virtio-net
+//! card (RX queue 0, TX queue 1 per pair) and the VMM only does the control path. On
+//! activation the back end receives the guest memory (SET_MEM_TABLE with each region's memfd),
+//! the vring addresses and the queues' kick eventfds (which KVM signals on QueueNotify), so
+//! packets never cross the VMM process. The back end signals used buffers on one call eventfd
+//! per queue; the event loop relays those into the device's interrupt, because the
+//! virtio-mmio driver must read InterruptStatus.
+//!
+//! Threads: [`VirtioDevice::activate`] and [`VirtioDevice::reset`] run on a vCPU thread (the
+//! driver's status write), whose seccomp filter has no socket calls and which must not block
+//! on a slow back end. They only record the wanted state and signal an eventfd; the event
+//! loop then talks to the back end (GET_VRING_BASE to stop, the whole start sequence to
+//! start). Queues kicked in between are not lost: every kick eventfd is signalled once the
+//! rings are handed over.
+//!
+//! A back end that goes away (socket hang-up) is reconnected: a timer retries the connection
+//! (client mode) or accepts the next back end (server mode) and the whole state is sent again,
+//! each vring resuming at its used ring's idx read from guest memory.
+
+mod error;
+mod handshake;
+pub mod sriov;
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use devices::virtio::{
+    device_type, features, ActivateError, Activation, Interrupt, Memory, VirtioCounters,
+    VirtioDevice, BACKEND_EVENT_BASE,
+};
+use event_manager::{EventOps, EventSet, Events};
+use vhost::vhost_user::Frontend;
+use vhost::VhostBackend;
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+pub use error::VhostUserNetError;
+pub use handshake::{Mode, MAX_MEM_REGIONS};
+use handshake::{Negotiated, StartState};
+
+/// Queue size offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most queue pairs a device accepts. Multiqueue needs VIRTIO_NET_F_MQ, which needs the
+/// control virtqueue (VIRTIO_NET_CTRL_MQ is answered by the frontend, not the back end); that
+/// is not implemented, so one pair for now.
+pub const MAX_QUEUE_PAIRS: u16 = 1;
+/// How long [`VhostUserNet::connect`] in server mode waits for the back end to connect
+/// (client mode tries once: the back end must already listen).
+pub const CONNECT_WAIT: Duration = Duration::from_secs(30);
+/// How often a lost back end is retried.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// virtio-net feature: the device has a MAC address in its config space.
+pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// virtio-net feature: the driver can merge receive buffers.
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+/// virtio-net feature: the config space has a link status.
+pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// Link-up bit of the config status field.
+const LINK_UP: u16 = 1;
+/// Features passed through when the back end offers them.
+const PASSTHROUGH_FEATURES: u64 =
+    VIRTIO_NET_F_MRG_RXBUF | features::RING_EVENT_IDX | features::RING_INDIRECT_DESC;
+
+/// Event data: the vhost-user socket hung up.
+pub const EVENT_SOCKET: u32 = BACKEND_EVENT_BASE;
+/// Event data: the reconnect timer fired.
+pub const EVENT_RECONNECT: u32 = BACKEND_EVENT_BASE + 1;
+/// Event data: activate or reset changed what the back end should run.
+pub const EVENT_SYNC: u32 = BACKEND_EVENT_BASE + 2;
+/// Event data of queue `q`'s call eventfd: `EVENT_CALL_BASE + q`.
+pub const EVENT_CALL_BASE: u32 = BACKEND_EVENT_BASE + 0x10;
+
+/// What an activated device keeps to (re)start the back end.
+struct Active {
+    /// Which activation this is (bumped by every activate).
+    generation: u64,
+    /// The rings were handed to some back end before: a new back end resumes each ring at
+    /// the used idx in guest memory, not at the queue's initial next_avail.
+    started_before: bool,
+    mem: Memory,
+    queues: Vec<Queue>,
+    acked_features: u64,
+    interrupt: Arc<Interrupt>,
+    kicks: Vec<Arc<EventFd>>,
+}
+
+/// A virtio-net device served by a vhost-user back end.
+pub struct VhostUserNet {
+    path: PathBuf,
+    mode: Mode,
+    listener: Option<UnixListener>,
+    frontend: Option<Frontend>,
+    negotiated: Negotiated,
+    config: [u8; 10],
+    queue_sizes: Vec<u16>,
+    calls: Vec<EventFd>,
+    timer: TimerFd,
+    sync: EventFd,
+    active: Option<Active>,
+    generation: u64,
+    /// The generation the connected back end runs, and which rings it got.
+    started: Option<(u64, Vec<usize>)>,
+    reconnects: u64,
+    starts: u64,
+    counters: Arc<VirtioCounters>,
+}
+
+impl std::fmt::Debug for VhostUserNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhostUserNet")
+            .field("path", &self.path)
+            .field("mode", &self.mode)
+            .field("connected", &self.frontend.is_some())
+            .field("active", &self.active.is_some())
+            .finish()
+    }
+}
+
+fn random_mac() -> [u8; 6] {
+    let mut bytes = [0u8; 3];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            ^ std::process::id();
+        bytes.copy_from_slice(&t.to_le_bytes()[..3]);
+    }
+    // 52:54:00 is the locally administered prefix QEMU/KVM guests use.
+    [0x52, 0x54, 0x00, bytes[0], bytes[1], bytes[2]]
+}
+
+impl VhostUserNet {
+    /// Connects to (client) or waits for (server) the back end at `socket`, takes ownership
+    /// of the session and negotiates features. `queues` is the number of RX/TX pairs.
+    pub fn connect(
+        socket: &Path,
+        mode: Mode,
+        mac: Option<[u8; 6]>,
+        queues: u16,
+    ) -> Result<VhostUserNet, VhostUserNetError> {
+        if queues == 0 || queues > MAX_QUEUE_PAIRS {
+            return Err(VhostUserNetError::BadQueueCount {
+                queues,
+                max: MAX_QUEUE_PAIRS,
+            });
+        }
+        let vrings = usize::from(queues) * 2;
+        let (listener, stream) = match mode {
+            Mode::Client => (None, handshake::connect_once(socket)?),
+            Mode::Server => {
+                let listener = handshake::listen(socket)?;
+                let stream = handshake::accept(&listener, socket, CONNECT_WAIT)?;
+                (Some(listener), stream)
+            }
+        };
+        let mut frontend = Frontend::from_stream(stream, vrings as u64);
+        let negotiated = handshake::negotiate(&mut frontend, socket)?;
+        let calls = (0..vrings)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(VhostUserNetError::EventFd)?;
+        let timer = TimerFd::new().map_err(|e| {
+            VhostUserNetError::EventFd(std::io::Error::from_raw_os_error(e.errno()))
+        })?;
+        let sync = EventFd::new(libc::EFD_NONBLOCK).map_err(VhostUserNetError::EventFd)?;
+        let mac = mac.unwrap_or_else(random_mac);
+        let mut config = [0u8; 10];
+        config[..6].copy_from_slice(&mac);
+        config[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
+        config[8..10].copy_from_slice(&queues.to_le_bytes());
+        Ok(VhostUserNet {
+            path: socket.to_path_buf(),
+            mode,
+            listener,
+            frontend: Some(frontend),
+            negotiated,
+            config,
+            queue_sizes: vec![QUEUE_SIZE; vrings],
+            calls,
+            timer,
+            sync,
+            active: None,
+            generation: 0,
+            started: None,
+            reconnects: 0,
+            starts: 0,
+            counters: Arc::new(VirtioCounters::default()),
+        })
+    }
+
+    /// The MAC address in the config space.
+    pub fn mac(&self) -> [u8; 6] {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&self.config[..6]);
+        mac
+    }
+
+    /// The virtio features the back end offered (GET_FEATURES).
+    pub fn backend_features(&self) -> u64 {
+        self.negotiated.backend_features
+    }
+
+    /// The vhost-user protocol features both sides agreed on.
+    pub fn protocol_features(&self) -> u64 {
+        self.negotiated.protocol.bits()
+    }
+
+    /// True while a back end is connected.
+    pub fn is_connected(&self) -> bool {
+        self.frontend.is_some()
+    }
+
+    /// How many times a lost back end was reconnected.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Each queue's call eventfd (what the back end signals on used buffers).
+    pub fn call_events(&self) -> &[EventFd] {
+        &self.calls
+    }
+
+    /// How many times the rings were handed to a back end (first start, restarts after a
+    /// reset, and after each reconnect).
+    pub fn starts(&self) -> u64 {
+        self.starts
+    }
+
+    /// True while the connected back end runs the rings of the current activation.
+    pub fn is_running(&self) -> bool {
+        self.started.is_some()
+    }
+
+    fn socket_events(&self) -> Option<Events> {
+        let fd = self.frontend.as_ref()?.as_raw_fd();
+        Some(Events::with_data_raw(
+            fd,
+            EVENT_SOCKET,
+            EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR,
+        ))
+    }
+
+    /// Brings the back end in line with what the driver wants: stops rings of an activation
+    /// that was reset (or replaced) and hands over the rings of the current one. Runs on the
+    /// event loop. A failure leaves the rings stopped and is returned for the log.
+    pub fn sync_backend(&mut self) -> Result<(), VhostUserNetError> {
+        let wanted = self.active.as_ref().map(|a| a.generation);
+        if let Some((generation, rings)) = &self.started {
+            if Some(*generation) != wanted {
+                if let Some(frontend) = &self.frontend {
+                    // GET_VRING_BASE stops a ring in the back end.
+                    for &index in rings {
+                        let _ = frontend.get_vring_base(index);
+                    }
+                }
+                self.started = None;
+            }
+        }
+        if self.started.is_some() || self.frontend.is_none() {
+            return Ok(());
+        }
+        let Some(active) = self.active.as_ref() else {
+            return Ok(());
+        };
+        let Some(frontend) = self.frontend.as_mut() else {
+            return Ok(());
+        };
+        let bases: Vec<u16> = active
+            .queues
+            .iter()
+            .map(|q| {
+                if active.started_before {
+                    handshake::used_index(&active.mem, q).unwrap_or(0)
+                } else {
+                    virtio_queue::QueueT::next_avail(q)
+                }
+            })
+            .collect();
+        let state = StartState {
+            mem: &active.mem,
+            queues: &active.queues,
+            acked_features: active.acked_features,
+            kicks: &active.kicks,
+            calls: &self.calls,
+            bases: &bases,
+        };
+        let rings = handshake::start(frontend, &self.negotiated, &self.path, &state)?;
+        self.started = Some((active.generation, rings));
+        self.starts += 1;
+        if let Some(active) = self.active.as_mut() {
+            active.started_before = true;
+            // Anything the guest queued before the back end had the rings: have it looked at,
+            // and let the driver see anything completed just before a loss.
+            for kick in &active.kicks {
+                let _ = kick.write(1);
+            }
+            active.interrupt.signal_used_queue();
+        }
+        Ok(())
+    }
+
+    /// One reconnection attempt; true when a back end is connected again.
+    fn try_reconnect(&mut self) -> Result<bool, VhostUserNetError> {
+        let stream = match (&self.listener, self.mode) {
+            (Some(listener), Mode::Server) => {
+                match handshake::accept(listener, &self.path, Duration::ZERO) {
+                    Ok(stream) => stream,
+                    Err(VhostUserNetError::AcceptTimeout { .. }) => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => match handshake::connect_once(&self.path) {
+                Ok(stream) => stream,
+                Err(_) => return Ok(false),
+            },
+        };
+        let mut frontend = Frontend::from_stream(stream, self.calls.len() as u64);
+        self.negotiated = handshake::negotiate(&mut frontend, &self.path)?;
+        self.frontend = Some(frontend);
+        self.started = None;
+        self.sync_backend()?;
+        self.reconnects += 1;
+        Ok(true)
+    }
+
+    fn on_hang_up(&mut self, ops: &mut EventOps) {
+        if let Some(events) = self.socket_events() {
+            let _ = ops.remove(events);
+        }
+        self.frontend = None;
+        self.started = None;
+        eprintln!(
+            "edgevisor: the vhost-user back end on {} went away; reconnecting",
+            self.path.display()
+        );
+        if let Err(e) = self
+            .timer
+            .reset(RECONNECT_INTERVAL, Some(RECONNECT_INTERVAL))
+        {
+            eprintln!("edgevisor: cannot arm the vhost-user reconnect timer: {e}");
+        }
+    }
+
+    fn on_timer(&mut self, ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        if self.frontend.is_some() {
+            let _ = self.timer.clear();
+            return;
+        }
+        match self.try_reconnect() {
+            Ok(false) => {}
+            Ok(true) => {
+                let _ = self.timer.clear();
+                if let Some(events) = self.socket_events() {
+                    if let Err(e) = ops.add(events) {
+                        eprintln!("edgevisor: cannot watch the vhost-user socket: {e:?}");
+                    }
+                }
+                eprintln!(
+                    "edgevisor: the vhost-user back end on {} is back (reconnect {}, rings {})",
+                    self.path.display(),
+                    self.reconnects,
+                    if self.started.is_some() {
+                        "handed over again"
+                    } else {
+                        "not started: the driver has not activated the device"
+                    }
+                );
+            }
+            Err(e) => {
+                // A half-done handshake: drop the connection and try again later.
+                self.frontend = None;
+                self.started = None;
+                eprintln!("edgevisor: reconnecting the vhost-user back end failed: {e}");
+            }
+        }
+    }
+
+    fn on_sync(&mut self) {
+        let _ = self.sync.read();
+        if let Err(e) = self.sync_backend() {
+            eprintln!("edgevisor: {e}");
+        }
+    }
+
+    /// Drains queue `index`'s call eventfd and interrupts the guest if it was signalled.
+    /// The event loop does this on [`EVENT_CALL_BASE`] events; tests without an event loop
+    /// may call it directly.
+    pub fn relay_call(&mut self, index: usize) -> bool {
+        let Some(call) = self.calls.get(index) else {
+            return false;
+        };
+        if call.read().is_err() {
+            return false;
+        }
+        if let Some(active) = &self.active {
+            active.interrupt.signal_used_queue();
+        }
+        true
+    }
+}
+
+impl Drop for VhostUserNet {
+    fn drop(&mut self) {
+        // Server mode created the socket file: remove it with the listener.
+        if self.listener.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl VirtioDevice for VhostUserNet {
+    fn device_type(&self) -> u32 {
+        device_type::NET
+    }
+
+    fn name(&self) -> &'static str {
+        "net-vhost-user"
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn offered_features(&self) -> u64 {
+        features::VERSION_1
+            | VIRTIO_NET_F_MAC
+            | VIRTIO_NET_F_STATUS
+            | (self.negotiated.backend_features & PASSTHROUGH_FEATURES)
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.config.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        // Refuse unshared memory up front (no I/O), even while the back end is away.
+        handshake::memory_table(&activation.mem).map_err(|e| ActivateError {
+            device: "net-vhost-user",
+            detail: e.to_string(),
+        })?;
+        self.generation += 1;
+        self.active = Some(Active {
+            generation: self.generation,
+            started_before: false,
+            mem: activation.mem,
+            queues: activation.queues,
+            acked_features: activation.acked_features,
+            interrupt: activation.interrupt,
+            kicks: activation.queue_events,
+        });
+        // The event loop hands the rings over (or the reconnect path does, once a back end
+        // is back).
+        let _ = self.sync.write(1);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        let _ = self.sync.write(1);
+    }
+
+    fn queue_notified(&mut self, _index: usize) {}
+
+    fn handles_kicks_itself(&self) -> bool {
+        true
+    }
+
+    fn backend_events(&self) -> Vec<(RawFd, u32, EventSet)> {
+        let mut events: Vec<(RawFd, u32, EventSet)> = self
+            .calls
+            .iter()
+            .enumerate()
+            .map(|(q, call)| (call.as_raw_fd(), EVENT_CALL_BASE + q as u32, EventSet::IN))
+            .collect();
+        events.push((self.timer.as_raw_fd(), EVENT_RECONNECT, EventSet::IN));
+        events.push((self.sync.as_raw_fd(), EVENT_SYNC, EventSet::IN));
+        if let Some(socket) = self.socket_events() {
+            events.push((socket.fd(), EVENT_SOCKET, socket.event_set()));
+        }
+        events
+    }
+
+    fn backend_event(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            EVENT_SOCKET => self.on_hang_up(ops),
+            EVENT_RECONNECT => self.on_timer(ops),
+            EVENT_SYNC => self.on_sync(),
+            data if data >= EVENT_CALL_BASE => {
+                self.relay_call((data - EVENT_CALL_BASE) as usize);
+            }
+            _ => {}
+        }
+    }
+
+    fn counters(&self) -> Arc<VirtioCounters> {
+        self.counters.clone()
+    }
+}
