@@ -3,6 +3,7 @@
 //! to show the counters never reset. The series are checked through Prometheus's HTTP query
 //! API. Every wait is bounded.
 
+#[cfg(target_arch = "x86_64")]
 mod common;
 mod metrics_common;
 
@@ -227,6 +228,7 @@ fn prometheus_scrapes_and_counters_never_reset() {
 }
 
 #[test]
+#[cfg(target_arch = "x86_64")] // boots an x86_64 guest on /dev/kvm: not built for aarch64
 fn prometheus_scrapes_the_real_agent_with_its_bearer_token() {
     let agent = common::Agent::start("prom-real");
     agent.run_guest("vm1");

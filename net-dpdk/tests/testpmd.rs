@@ -6,6 +6,8 @@
 //!
 //! Needs root (hugepages) and dpdk-testpmd (package dpdk-dev).
 
+#![cfg(target_arch = "x86_64")] // runs the host's x86_64 dpdk-testpmd as its peer: not under qemu-user
+
 mod common;
 
 use std::path::{Path, PathBuf};
