@@ -61,7 +61,7 @@ pub enum SriovError {
         total: u32,
     },
     /// The function is bound to a driver other than vfio-pci.
-    #[error("{bdf} is bound to {driver}, not vfio-pci: bind it to vfio-pci first (net_dpdk::sriov::bind_vfio)")]
+    #[error("{bdf} is bound to {driver}, not vfio-pci: bind it to vfio-pci first with `edgevisor sriov bind-vfio {bdf}`")]
     BoundElsewhere {
         /// The function.
         bdf: Bdf,
@@ -69,7 +69,7 @@ pub enum SriovError {
         driver: String,
     },
     /// The function is bound to no driver at all where vfio-pci is needed.
-    #[error("{bdf} is bound to no driver, not vfio-pci: bind it to vfio-pci first (net_dpdk::sriov::bind_vfio)")]
+    #[error("{bdf} is bound to no driver, not vfio-pci: bind it to vfio-pci first with `edgevisor sriov bind-vfio {bdf}`")]
     Unbound {
         /// The function.
         bdf: Bdf,

@@ -1,7 +1,7 @@
 //! `edgevisor`: boot a kernel on KVM from the command line.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -34,16 +34,67 @@ enum Command {
         /// The image file.
         image: PathBuf,
     },
-    /// Show the host's NUMA nodes, their CPUs, memory, distances and hugepage pools.
+    /// Show the host's NUMA nodes, their CPUs, memory, distances and hugepage pools, and its
+    /// SR-IOV physical functions with their VFs.
     Node {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Where `sys/` is for the SR-IOV listing (a recorded tree in tests).
+        #[arg(long, hide = true, default_value = "/")]
+        sysfs_root: PathBuf,
+    },
+    /// SR-IOV helpers: create VFs, give a VF a MAC and VLAN, bind a function to vfio-pci.
+    Sriov {
+        #[command(subcommand)]
+        action: SriovAction,
+        /// Print what would be written or run, and do nothing.
+        #[arg(long, global = true)]
+        dry_run: bool,
+        /// Where `sys/` is (a recorded tree in tests).
+        #[arg(long, global = true, hide = true, default_value = "/")]
+        sysfs_root: PathBuf,
     },
     /// Write the built-in firmware guests to a directory.
     Firmware {
         /// Directory to write linux64.elf, pvh.elf, multiboot.elf and bzimage.bin into.
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SriovAction {
+    /// Give a PF COUNT VFs (0 removes them); a non-zero count is changed through 0.
+    Vfs {
+        /// The PF's PCI address, e.g. 0000:3b:00.0.
+        pf: String,
+        /// How many VFs it should have.
+        count: u32,
+    },
+    /// Give VF number VF of a PF a MAC address and a port VLAN (none: untagged), with
+    /// `ip link set dev PF vf VF mac MAC vlan V`.
+    Mac {
+        /// The PF's PCI address.
+        pf: String,
+        /// The VF number on that PF (0 for its first VF).
+        vf: u32,
+        /// The MAC address, e.g. 02:00:00:00:00:01.
+        mac: String,
+        /// A port VLAN, 1 to 4094.
+        #[arg(long)]
+        vlan: Option<u16>,
+    },
+    /// Bind a PCI function to vfio-pci (driver_override, unbind, drivers_probe), then check
+    /// that VFIO can use it.
+    BindVfio {
+        /// The function's PCI address.
+        bdf: String,
+    },
+    /// Check that a PCI function can be passed through with VFIO: an IOMMU group, bound to
+    /// vfio-pci, and a viable group.
+    Check {
+        /// The function's PCI address.
+        bdf: String,
     },
 }
 
@@ -277,15 +328,142 @@ fn inspect(image: PathBuf) -> Result<u8, VmError> {
     Ok(0)
 }
 
-fn show_node(json: bool) -> Result<u8, String> {
+fn show_node(json: bool, sysfs_root: &Path) -> Result<u8, String> {
+    use net_dpdk::sriov::Inventory;
     let topology = numa::Topology::from_host().map_err(|e| e.to_string())?;
-    if json {
-        let text = serde_json::to_string_pretty(&topology).map_err(|e| e.to_string())?;
-        println!("{text}");
+    // A host (or container) without a PCI bus in sysfs has no SR-IOV to show.
+    let sriov = if sysfs_root.join("sys/bus/pci/devices").is_dir() {
+        Some(Inventory::from_sysfs(sysfs_root).map_err(|e| e.to_string())?)
     } else {
-        println!("{topology}");
+        None
+    };
+    if json {
+        let mut doc = serde_json::to_value(&topology).map_err(|e| e.to_string())?;
+        doc["sriov"] = serde_json::to_value(&sriov).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+        println!("{text}");
+        return Ok(0);
+    }
+    println!("{topology}");
+    let Some(inventory) = sriov else {
+        println!(
+            "SR-IOV: no PCI bus under {}",
+            sysfs_root.join("sys").display()
+        );
+        return Ok(0);
+    };
+    if inventory.physical_functions.is_empty() {
+        println!("SR-IOV: no physical functions");
+    }
+    let describe = |f: &net_dpdk::sriov::PciFunction| {
+        let opt = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+        format!(
+            "{:04x}:{:04x} driver {} numa {} iommu group {}{}",
+            f.vendor,
+            f.device,
+            f.driver.as_deref().unwrap_or("none"),
+            opt(f.numa_node),
+            opt(f.iommu_group),
+            if f.net_interfaces.is_empty() {
+                String::new()
+            } else {
+                format!(" net {}", f.net_interfaces.join(","))
+            }
+        )
+    };
+    for pf in &inventory.physical_functions {
+        println!(
+            "SR-IOV PF {} {} VFs {}/{}",
+            pf.function.bdf,
+            describe(&pf.function),
+            pf.num_vfs,
+            pf.total_vfs
+        );
+        for vf in &pf.vfs {
+            println!(
+                "  VF {} {} {}",
+                vf.index,
+                vf.function.bdf,
+                describe(&vf.function)
+            );
+        }
     }
     Ok(0)
+}
+
+fn sriov(action: SriovAction, dry_run: bool, root: &Path) -> Result<u8, String> {
+    use net_dpdk::sriov::{self as s, Bdf, MacAddress};
+    let bdf = |text: &str| text.parse::<Bdf>().map_err(|e| e.to_string());
+    let show = |writes: &[s::SysfsWrite]| {
+        let verb = if dry_run { "would write" } else { "wrote" };
+        for w in writes {
+            println!("{verb} {} to {}", w.value, w.path.display());
+        }
+        if writes.is_empty() {
+            println!("nothing to change");
+        }
+    };
+    match action {
+        SriovAction::Vfs { pf, count } => {
+            let pf = bdf(&pf)?;
+            let writes = if dry_run {
+                s::plan_num_vfs(root, &pf, count)
+            } else {
+                s::set_num_vfs(root, &pf, count)
+            }
+            .map_err(|e| e.to_string())?;
+            show(&writes);
+            Ok(0)
+        }
+        SriovAction::Mac { pf, vf, mac, vlan } => {
+            let pf = bdf(&pf)?;
+            let mac: MacAddress = mac.parse().map_err(|e: s::SriovError| e.to_string())?;
+            let function = s::read_physical_function(root, &pf).map_err(|e| e.to_string())?;
+            if vf >= function.num_vfs {
+                return Err(format!(
+                    "{pf} has {} VFs, so there is no VF {vf}: create it first with `edgevisor sriov vfs {pf} {}`",
+                    function.num_vfs,
+                    vf + 1
+                ));
+            }
+            let ifname = function.function.net_interfaces.first().ok_or_else(|| {
+                format!("{pf} has no network interface (is its driver bound?): the VF's MAC is set through the PF's interface")
+            })?;
+            let command = s::set_vf_mac_vlan(ifname, vf, mac, vlan).map_err(|e| e.to_string())?;
+            if dry_run {
+                println!("would run {}", command.argv().join(" "));
+            } else {
+                command.run().map_err(|e| e.to_string())?;
+                println!("ran {}", command.argv().join(" "));
+            }
+            Ok(0)
+        }
+        SriovAction::BindVfio { bdf: text } => {
+            let target = bdf(&text)?;
+            let writes = if dry_run {
+                s::plan_bind_vfio(root, &target)
+            } else {
+                s::bind_vfio(root, &target)
+            }
+            .map_err(|e| e.to_string())?;
+            show(&writes);
+            if dry_run {
+                return Ok(0);
+            }
+            // Whether vfio-pci took it is the kernel's answer, read back from sysfs.
+            let group = s::check_vfio_ready(root, &target).map_err(|e| {
+                format!("after the writes, the kernel has not made {target} usable by VFIO: {e}")
+            })?;
+            println!("{target} is on vfio-pci in viable IOMMU group {group}: /dev/vfio/{group}");
+            Ok(0)
+        }
+        SriovAction::Check { bdf: text } => {
+            let target = bdf(&text)?;
+            let group = s::check_vfio_ready(root, &target).map_err(|e| e.to_string())?;
+            println!("{target} is on vfio-pci in viable IOMMU group {group}: /dev/vfio/{group}");
+            Ok(0)
+        }
+    }
 }
 
 fn export_firmware(dir: PathBuf) -> Result<u8, String> {
@@ -310,7 +488,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args, start).map_err(|e| e.to_string()),
         Command::Inspect { image } => inspect(image).map_err(|e| e.to_string()),
-        Command::Node { json } => show_node(json),
+        Command::Node { json, sysfs_root } => show_node(json, &sysfs_root),
+        Command::Sriov {
+            action,
+            dry_run,
+            sysfs_root,
+        } => sriov(action, dry_run, &sysfs_root),
         Command::Firmware { dir } => export_firmware(dir),
     };
     match result {
