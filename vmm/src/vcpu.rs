@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::exit::ExitReason;
 use crate::seccomp::{self, ThreadKind};
-use crate::state::{Shared, VcpuControl};
+use crate::state::{ExitKind, Shared, VcpuControl};
 use crate::timings::Phase;
 
 /// Real-time signal used to kick vCPUs out of KVM_RUN.
@@ -73,6 +73,24 @@ pub struct VcpuThread {
     pub seccomp_selftest: bool,
 }
 
+/// The counter a KVM_RUN return goes to.
+fn exit_kind(result: &Result<VcpuExit<'_>, kvm_ioctls::Error>) -> ExitKind {
+    match result {
+        Ok(VcpuExit::IoIn(..)) => ExitKind::IoIn,
+        Ok(VcpuExit::IoOut(..)) => ExitKind::IoOut,
+        Ok(VcpuExit::MmioRead(..)) => ExitKind::MmioRead,
+        Ok(VcpuExit::MmioWrite(..)) => ExitKind::MmioWrite,
+        Ok(VcpuExit::Hlt) => ExitKind::Hlt,
+        Ok(VcpuExit::Shutdown) => ExitKind::Shutdown,
+        Ok(VcpuExit::SystemEvent(..)) => ExitKind::SystemEvent,
+        Ok(VcpuExit::InternalError) => ExitKind::InternalError,
+        Ok(VcpuExit::FailEntry(..)) => ExitKind::FailEntry,
+        Ok(VcpuExit::Intr) => ExitKind::Intr,
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitKind::Intr,
+        Ok(_) | Err(_) => ExitKind::Other,
+    }
+}
+
 impl VcpuThread {
     /// Runs until the VM ends; records the exit reason if this vCPU caused it.
     pub fn run(mut self) {
@@ -119,7 +137,11 @@ impl VcpuThread {
 
     /// One KVM_RUN; returns an exit reason when the VM must end.
     fn run_once(&mut self) -> Option<ExitReason> {
-        match self.fd.run() {
+        let result = self.fd.run();
+        self.shared
+            .counters
+            .count_exit(usize::from(self.id), exit_kind(&result));
+        match result {
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !self.pio.write(port as u64, data) {
                     self.shared.counters.count_unhandled_pio();
