@@ -93,7 +93,8 @@ pub struct VmSample {
 pub struct VmCounters {
     /// CPU time of the VM process (user + system), seconds.
     pub cpu_seconds: f64,
-    /// vCPU exits by reason ("io", "mmio", "hlt", ...).
+    /// vCPU exits by reason, as the VM process names them (io_in, io_out, mmio_read,
+    /// mmio_write, hlt, shutdown, system_event, internal_error, fail_entry, intr, other).
     pub exits: BTreeMap<String, u64>,
     /// Network device counters: device, counter, value.
     pub net: BTreeMap<String, BTreeMap<String, u64>>,

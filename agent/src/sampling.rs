@@ -63,11 +63,12 @@ pub fn reading(state: &Value, process: Option<&ProcessSample>) -> VmCounters {
             bus["unhandled_mmio_accesses"].as_u64().unwrap_or(0),
         );
         counters.errors.insert("bus".to_string(), errors);
-        // vCPU exits by kind, as the VM counts them (vmm::state::ExitKind).
+        // vCPU exits by reason (io_in, io_out, mmio_read, ..., intr, other), whatever
+        // reasons this VM process knows.
         if let Some(exits) = bus["exits"].as_object() {
             counters.exits = exits
                 .iter()
-                .map(|(kind, n)| (kind.clone(), n.as_u64().unwrap_or(0)))
+                .filter_map(|(reason, n)| Some((reason.clone(), n.as_u64()?)))
                 .collect();
         }
     }
@@ -92,7 +93,7 @@ mod tests {
     fn devices_are_sorted_into_net_block_and_errors() {
         let state = json!({
             "counters": {"unhandled_pio_accesses": 3, "unhandled_mmio_accesses": 0,
-                         "exits": {"io_out": 40, "mmio_read": 7}},
+                         "exits": {"io_out": 120, "io_in": 130, "intr": 2, "bogus": "x"}},
             "virtio": {
                 "net0": {"rx_bytes": 100, "tx_bytes": 50, "rx_packets": 2, "tx_packets": 1,
                          "dropped_no_buffer": 4},
@@ -114,9 +115,21 @@ mod tests {
         assert_eq!(c.errors["block0"]["io_errors"], 2);
         assert_eq!(c.errors["rng0"]["io_errors"], 0);
         assert_eq!(c.errors["bus"]["unhandled_pio"], 3);
-        assert_eq!(c.exits["io_out"], 40);
-        assert_eq!(c.exits["mmio_read"], 7);
-        assert_eq!(c.exits.len(), 2);
+        assert_eq!(c.exits["io_out"], 120);
+        assert_eq!(c.exits["intr"], 2);
+        assert_eq!(c.exits.len(), 3, "a reason that is not a number is skipped");
+    }
+
+    #[test]
+    fn the_vmm_state_document_maps_into_exits() {
+        // The exits object exactly as the VMM serializes it.
+        let report = vmm::state::VmCounters::new(1);
+        report.count_exit(0, vmm::state::ExitKind::IoOut);
+        let state = json!({ "counters": report.snapshot() });
+        let c = reading(&state, None);
+        assert_eq!(c.exits.len(), vmm::state::ExitKind::ALL.len());
+        assert_eq!(c.exits["io_out"], 1);
+        assert_eq!(c.exits["hlt"], 0);
     }
 
     #[test]

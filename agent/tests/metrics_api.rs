@@ -100,6 +100,31 @@ fn metrics_describe_the_guests_and_counters_never_go_backwards() {
     let rss = value(&text, r#"edgevisor_vm_resident_memory_bytes{vm="m1"}"#).expect("rss");
     assert!(rss > 1e6, "{rss}");
     let cpu1 = value(&text, r#"edgevisor_vm_cpu_seconds_total{vm="m1"}"#).expect("cpu");
+    // vCPU exits by reason: the probe printed through COM1, so port writes were counted.
+    let io_out1 = value(
+        &text,
+        r#"edgevisor_vm_exits_total{vm="m1",reason="io_out"}"#,
+    )
+    .unwrap_or_else(|| panic!("no io_out exits for m1: {text}"));
+    assert!(io_out1 > 0.0, "{text}");
+    assert!(
+        text.contains("# TYPE edgevisor_vm_exits counter\n"),
+        "{text}"
+    );
+    for reason in ["io_in", "mmio_read", "hlt", "shutdown", "intr", "other"] {
+        assert!(
+            value(
+                &text,
+                &format!(r#"edgevisor_vm_exits_total{{vm="m1",reason="{reason}"}}"#)
+            )
+            .is_some(),
+            "no {reason} series: {text}"
+        );
+    }
+    assert!(
+        !text.contains(r#"edgevisor_vm_exits_total{vm="m2""#),
+        "a guest never started has no exits: {text}"
+    );
     assert!(value(&text, "edgevisor_agent_uptime_seconds").is_some());
     // Without the token, TCP clients get nothing.
     assert_eq!(
@@ -113,6 +138,16 @@ fn metrics_describe_the_guests_and_counters_never_go_backwards() {
     let text = openmetrics(&agent).text();
     let cpu2 = value(&text, r#"edgevisor_vm_cpu_seconds_total{vm="m1"}"#).expect("cpu");
     assert!(cpu2 >= cpu1, "CPU seconds went backwards: {cpu1} -> {cpu2}");
+    // The first process's exits are kept and the new one's added to them: once the new
+    // probe has printed too, the total is well past what the first process alone did.
+    let io_out = |text: &str| {
+        value(text, r#"edgevisor_vm_exits_total{vm="m1",reason="io_out"}"#)
+            .expect("io_out exits after the restart")
+    };
+    assert!(io_out(&text) >= io_out1, "io_out went backwards: {text}");
+    common::wait_until(30, "the restarted guest's exits add up", || {
+        io_out(&openmetrics(&agent).text()) >= 1.5 * io_out1
+    });
     assert_eq!(
         value(&text, r#"edgevisor_vm_process_restarts_total{vm="m1"}"#),
         Some(1.0),

@@ -1,7 +1,8 @@
-//! A real Prometheus (Debian package prometheus) scrapes over loopback: the real agent, with
-//! its bearer token, running a real guest; and render() behind a fake VM process that restarts,
-//! to show the counters never reset. The series are checked through Prometheus's HTTP query
-//! API. Every wait is bounded.
+//! A real Prometheus (Debian package prometheus) scrapes over loopback, and the series are
+//! checked through its HTTP query API: first a real `edgevisor-agent` running a guest,
+//! through the agent's bearer token (and refused with a wrong one); then a stand-in exporter
+//! serving render() whose VM process restarts every other scrape. Every wait is bounded;
+//! Prometheus, the agent and its guests are killed and their directories removed on drop.
 
 #[cfg(target_arch = "x86_64")]
 mod common;
@@ -9,6 +10,7 @@ mod metrics_common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,40 +19,106 @@ use std::time::{Duration, Instant};
 use agent::metrics::{render, CounterStore, CONTENT_TYPE};
 use metrics_common::reading;
 
-struct KillOnDrop(Child);
+/// A Prometheus server on a free loopback port with its own storage in a scratch directory.
+/// Dropping it kills the process and removes the directory, also when a test fails.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Prometheus {
+    /// Starts Prometheus with a 1 s scrape interval and `scrape_configs` (YAML list items,
+    /// indented by two spaces).
+    fn start(tag: &str, scrape_configs: &str) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("agentobs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tsdb")).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape_configs}"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!("prometheus not found ({e}): run scripts/install-test-deps.sh (package prometheus)");
+            }
+        };
+        Prometheus { child, dir, port }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// The instant vector of `q` as (labels, value) pairs; empty until the series exists.
+    fn query(&self, q: &str) -> Vec<(serde_json::Value, f64)> {
+        let v = self.api(&format!("/api/v1/query?query={}", encode(q)));
+        v["data"]["result"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .map(|s| {
+                        let value = s["value"][1].as_str().unwrap_or("NaN").parse().unwrap();
+                        (s["metric"].clone(), value)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A GET on Prometheus' HTTP API as JSON; null while it does not answer.
+    fn api(&self, path: &str) -> serde_json::Value {
+        http_get(self.port, path)
+            .and_then(|body| serde_json::from_str(&body).ok())
+            .unwrap_or_default()
+    }
+
+    /// Polls `q` until `ok` holds for its result (at most 30 s).
+    fn wait_for(
+        &self,
+        q: &str,
+        ok: impl Fn(&[(serde_json::Value, f64)]) -> bool,
+    ) -> Vec<(serde_json::Value, f64)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.query(q);
+            if ok(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {q}: last {r:?}\ntargets: {}\nprometheus log:\n{}",
+                self.api("/api/v1/targets"),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 }
 
-/// Starts Prometheus with `scrape_configs` (YAML, indented as list items) in `dir`; returns
-/// its guard and web port.
-fn start_prometheus(dir: &std::path::Path, scrape_configs: &str) -> (KillOnDrop, u16) {
-    std::fs::create_dir_all(dir.join("tsdb")).unwrap();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape_configs}"
-        ),
-    )
-    .unwrap();
-    let web = free_port();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .expect("prometheus not found: run scripts/install-test-deps.sh (package prometheus)");
-    (KillOnDrop(child), web)
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn free_port() -> u16 {
@@ -72,59 +140,130 @@ fn encode(q: &str) -> String {
         .collect()
 }
 
+/// The body of a 200 answer. HTTP/1.0, so the answer is not chunked and ends at close.
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")).then(|| body.to_string())
 }
 
-/// The instant vector of `query` as (labels, value) pairs; empty until the series exists.
-fn query(port: u16, q: &str) -> Vec<(serde_json::Value, f64)> {
-    let Some(body) = http_get(port, &format!("/api/v1/query?query={}", encode(q))) else {
-        return Vec::new();
-    };
-    // A chunked body starts with a size line; cut to the JSON object.
-    let start = body.find('{').unwrap_or(0);
-    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
-    let v: serde_json::Value = serde_json::from_str(&body[start..end]).unwrap_or_default();
-    v["data"]["result"]
+/// A scrape job for the agent at `target` sending the token in `credentials_file`.
+fn agent_job(name: &str, target: &str, credentials_file: &std::path::Path) -> String {
+    format!(
+        "  - job_name: {name}\n    authorization:\n      type: Bearer\n      credentials_file: '{}'\n    static_configs:\n      - targets: ['{target}']\n",
+        credentials_file.display()
+    )
+}
+
+/// The value of the single series `q` selects, once it exists and `ok` holds for it.
+fn wait_value(prom: &Prometheus, q: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let r = prom.wait_for(q, |r| r.len() == 1 && ok(r[0].1));
+    r[0].1
+}
+
+#[cfg(target_arch = "x86_64")] // boots an x86_64 guest on /dev/kvm
+#[test]
+fn prometheus_scrapes_the_real_agent_with_its_bearer_token() {
+    // The agent listens on loopback TCP with --token-file; its state directory and the
+    // guest's files live in the agent's scratch directory.
+    let agent = common::Agent::start("prom-agent");
+    let doc = agent.run_guest("pm1");
+    assert_eq!(doc["state"], "running", "{doc}");
+    let target = format!("127.0.0.1:{}", agent.port);
+    let token_file = agent.dir.0.join("token");
+    let wrong_token_file = agent.dir.0.join("wrong-token");
+    std::fs::write(&wrong_token_file, "not-the-agent-token-0123456789\n").unwrap();
+    // Declared after the agent, so dropped (killed) before it.
+    let prom = Prometheus::start(
+        "prom-agent",
+        &(agent_job("edgevisor", &target, &token_file)
+            + &agent_job("edgevisor-wrong-token", &target, &wrong_token_file)),
+    );
+
+    // The target is up with the right token...
+    let up = prom.wait_for("up{job=\"edgevisor\"}", |r| {
+        r.iter().any(|(_, v)| *v == 1.0)
+    });
+    assert_eq!(up.len(), 1, "{up:?}");
+    assert_eq!(up[0].0["instance"], target.as_str());
+    // ...and down with the wrong one: the agent answered 401 and nothing was ingested.
+    let down = prom.wait_for("up{job=\"edgevisor-wrong-token\"}", |r| !r.is_empty());
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert_eq!(down[0].1, 0.0, "a scrape with a wrong token succeeded");
+    let targets = prom.api("/api/v1/targets");
+    let refused = targets["data"]["activeTargets"]
         .as_array()
-        .map(|r| {
-            r.iter()
-                .map(|s| {
-                    let value = s["value"][1].as_str().unwrap_or("NaN").parse().unwrap();
-                    (s["metric"].clone(), value)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
+        .unwrap()
+        .iter()
+        .find(|t| t["labels"]["job"] == "edgevisor-wrong-token")
+        .unwrap_or_else(|| panic!("no wrong-token target: {targets}"));
+    assert_eq!(refused["health"], "down", "{refused}");
+    assert!(
+        refused["lastError"].as_str().unwrap_or("").contains("401"),
+        "{refused}"
+    );
+    assert!(
+        prom.query("edgevisor_agent_uptime_seconds{job=\"edgevisor-wrong-token\"}")
+            .is_empty(),
+        "series from a refused scrape"
+    );
 
-fn wait_for(
-    port: u16,
-    q: &str,
-    ok: impl Fn(&[(serde_json::Value, f64)]) -> bool,
-) -> Vec<(serde_json::Value, f64)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = query(port, q);
-        if ok(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {q}: last {r:?}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    // Node-level series: the agent's uptime and the node's own facts.
+    wait_value(
+        &prom,
+        "edgevisor_agent_uptime_seconds{job=\"edgevisor\"}",
+        |v| v > 0.0,
+    );
+    let info = prom.wait_for("edgevisor_node_info{job=\"edgevisor\"}", |r| r.len() == 1);
+    assert_eq!(info[0].0["arch"], std::env::consts::ARCH, "{info:?}");
+    assert_eq!(info[0].1, 1.0);
+    wait_value(
+        &prom,
+        "edgevisor_node_allocatable_cpus{job=\"edgevisor\"}",
+        |v| v >= 1.0,
+    );
+
+    // The guest: running, and its vCPU's port writes (the probe prints on COM1) counted.
+    wait_value(
+        &prom,
+        "edgevisor_vm_state{job=\"edgevisor\",vm=\"pm1\",state=\"running\"}",
+        |v| v == 1.0,
+    );
+    let io_out = "edgevisor_vm_exits_total{job=\"edgevisor\",vm=\"pm1\",reason=\"io_out\"}";
+    let first = wait_value(&prom, io_out, |v| v > 0.0);
+    common::wait_until(30, "the probe printed its verdict", || {
+        agent
+            .tcp("GET", "/v1/guests/pm1/console", b"")
+            .text()
+            .contains("PROBE PASS")
+    });
+    let first = wait_value(&prom, io_out, |v| v >= first);
+
+    // A restart of the guest's VM process: the agent's totals keep counting from where the
+    // first process stopped, so Prometheus sees the restart but no counter reset.
+    assert_eq!(agent.tcp("PUT", "/v1/guests/pm1/stop", b"").status, 200);
+    assert_eq!(agent.tcp("PUT", "/v1/guests/pm1/start", b"").status, 200);
+    wait_value(
+        &prom,
+        "edgevisor_vm_process_restarts_total{job=\"edgevisor\",vm=\"pm1\"}",
+        |v| v == 1.0,
+    );
+    wait_value(&prom, io_out, |v| v >= 1.5 * first);
+    let resets =
+        prom.query("resets(edgevisor_vm_exits_total{job=\"edgevisor\",vm=\"pm1\"}[5m]) > 0");
+    assert!(
+        resets.is_empty(),
+        "exit counters went backwards: {resets:?}"
+    );
+    let reasons = prom.query("edgevisor_vm_exits_total{job=\"edgevisor\",vm=\"pm1\"}");
+    assert!(
+        reasons.iter().any(|(l, _)| l["reason"] == "io_in"),
+        "{reasons:?}"
+    );
 }
 
 #[test]
@@ -168,55 +307,45 @@ fn prometheus_scrapes_and_counters_never_reset() {
         });
     }
 
-    let dir = std::env::temp_dir().join(format!("agentobs-prom-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (_guard, web) = start_prometheus(
-        &dir,
+    let prom = Prometheus::start(
+        "prom",
         &format!("  - job_name: edgevisor\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"),
     );
 
-    let up = wait_for(web, "up{job=\"edgevisor\"}", |r| {
+    let up = prom.wait_for("up{job=\"edgevisor\"}", |r| {
         r.iter().any(|(_, v)| *v == 1.0)
     });
     assert_eq!(up.len(), 1);
 
     // The node's info series and a device counter arrive with their labels.
-    let info = wait_for(web, "edgevisor_node_info", |r| !r.is_empty());
+    let info = prom.wait_for("edgevisor_node_info", |r| !r.is_empty());
     assert_eq!(info[0].0["board"], "Supermicro SYS-E300-9D-8CN8TP");
     assert_eq!(info[0].0["arch"], "x86_64");
     assert_eq!(info[0].1, 1.0);
-    let rx = wait_for(
-        web,
+    let rx = prom.wait_for(
         "edgevisor_vm_net_rx_bytes_total{vm=\"b\",device=\"eth0\"}",
         |r| !r.is_empty(),
     );
     assert_eq!(rx[0].1, 0.0);
-    let state = wait_for(web, "edgevisor_vm_state{vm=\"b\",state=\"paused\"}", |r| {
+    let state = prom.wait_for("edgevisor_vm_state{vm=\"b\",state=\"paused\"}", |r| {
         !r.is_empty()
     });
     assert_eq!(state[0].1, 1.0);
-    let mem = wait_for(web, "edgevisor_vm_resident_memory_bytes{vm=\"b\"}", |r| {
+    let mem = prom.wait_for("edgevisor_vm_resident_memory_bytes{vm=\"b\"}", |r| {
         !r.is_empty()
     });
     assert_eq!(mem[0].1, f64::from(32u32 << 20));
 
     // After at least 5 scrapes across process restarts, Prometheus saw no counter reset
     // and the total is the sum of every incarnation's last reading.
-    wait_for(
-        web,
+    prom.wait_for(
         "count_over_time(edgevisor_vm_exits_total{vm=\"a\",reason=\"io\"}[5m])",
         |r| r.first().is_some_and(|(_, v)| *v >= 5.0),
     );
-    let resets = query(
-        web,
-        "resets(edgevisor_vm_exits_total{vm=\"a\",reason=\"io\"}[5m])",
-    );
+    let resets = prom.query("resets(edgevisor_vm_exits_total{vm=\"a\",reason=\"io\"}[5m])");
     assert_eq!(resets.len(), 1);
     assert_eq!(resets[0].1, 0.0, "a counter went backwards");
-    let total = query(
-        web,
-        "max_over_time(edgevisor_vm_exits_total{vm=\"a\",reason=\"io\"}[5m])",
-    );
+    let total = prom.query("max_over_time(edgevisor_vm_exits_total{vm=\"a\",reason=\"io\"}[5m])");
     let served = scrapes.load(Ordering::SeqCst);
     // Scrape n (from 0) exports 10 + 10*(n%2) + 20*floor(n/2): never more than 15*(n+1).
     assert!(
@@ -224,64 +353,4 @@ fn prometheus_scrapes_and_counters_never_reset() {
         "{total:?} after {served}"
     );
     assert!(accept_seen.lock().unwrap().contains("openmetrics"));
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
-#[cfg(target_arch = "x86_64")] // boots an x86_64 guest on /dev/kvm: not built for aarch64
-fn prometheus_scrapes_the_real_agent_with_its_bearer_token() {
-    let agent = common::Agent::start("prom-real");
-    agent.run_guest("vm1");
-    let dir = agent.dir.0.join("prometheus");
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad_token = dir.join("wrong-token");
-    std::fs::write(&bad_token, "not-the-token-at-all\n").unwrap();
-    let job = |name: &str, token: &std::path::Path| {
-        format!(
-            "  - job_name: {name}\n    authorization:\n      type: Bearer\n      credentials_file: {}\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            token.display(),
-            agent.port
-        )
-    };
-    let jobs = job("edgevisor", &agent.dir.0.join("token")) + &job("wrong-token", &bad_token);
-    let (_guard, web) = start_prometheus(&dir, &jobs);
-
-    // The agent answers Prometheus's scrape only with the right token.
-    let up = wait_for(web, "up{job=\"edgevisor\"}", |r| {
-        r.iter().any(|(_, v)| *v == 1.0)
-    });
-    assert_eq!(up.len(), 1);
-    let refused = wait_for(web, "up{job=\"wrong-token\"}", |r| !r.is_empty());
-    assert_eq!(
-        refused[0].1, 0.0,
-        "a scrape with a wrong token was accepted"
-    );
-
-    // Node and guest series, from the live guest.
-    let info = wait_for(web, "edgevisor_node_info{job=\"edgevisor\"}", |r| {
-        !r.is_empty()
-    });
-    assert_eq!(info[0].0["arch"], std::env::consts::ARCH);
-    let state = wait_for(
-        web,
-        "edgevisor_vm_state{vm=\"vm1\",state=\"running\"}",
-        |r| !r.is_empty(),
-    );
-    assert_eq!(state[0].1, 1.0);
-    // The guest printed through the serial port: port-write exits, counted by the VM,
-    // accumulated by the agent, scraped by Prometheus.
-    let exits = wait_for(
-        web,
-        "edgevisor_vm_exits_total{vm=\"vm1\",reason=\"io_out\"}",
-        |r| r.first().is_some_and(|(_, v)| *v > 0.0),
-    );
-    assert_eq!(exits.len(), 1);
-    let boot = wait_for(web, "edgevisor_vm_boot_duration_seconds{vm=\"vm1\"}", |r| {
-        !r.is_empty()
-    });
-    assert!(boot[0].1 > 0.0 && boot[0].1 < 30.0, "{boot:?}");
-    let rss = wait_for(web, "edgevisor_vm_resident_memory_bytes{vm=\"vm1\"}", |r| {
-        !r.is_empty()
-    });
-    assert!(rss[0].1 > 1e6, "{rss:?}");
 }

@@ -6,7 +6,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /state` | 200, the [`StateDocument`]: state, pid, boot summary, timings, counters |
+//! | `GET /state` | 200, the [`StateDocument`]: state, pid, boot summary, timings, counters (vCPU exits by reason among them) |
 //! | `PUT /pause` | 200 and the document once every vCPU is parked; 409 if the VM has exited |
 //! | `PUT /resume` | 200 and the document; 409 if the VM has exited |
 //! | `PUT /stop` | 200 and the document; the VM ends with reason `stopped` (exit code 8) |

@@ -34,78 +34,93 @@ pub enum VcpuControl {
     Exit,
 }
 
-/// Why KVM_RUN returned to the VMM, as counted (names are the `reason` label of the agent's
-/// `edgevisor_vm_exits_total`).
+/// Why KVM_RUN returned, as counted per vCPU. The names ([`ExitKind::name`]) are stable:
+/// they appear in reports, `GET /state` and the node agent's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
-    /// A port write (serial output, debug exit, PCI config).
-    IoOut,
-    /// A port read.
+    /// A port read (KVM_EXIT_IO, in).
     IoIn,
-    /// An MMIO write (virtio-mmio registers, PL011).
-    MmioWrite,
+    /// A port write (KVM_EXIT_IO, out).
+    IoOut,
     /// An MMIO read.
     MmioRead,
-    /// A halt KVM did not handle.
+    /// An MMIO write.
+    MmioWrite,
+    /// The guest halted with no interrupt to wake it (userspace HLT exit).
     Hlt,
-    /// A triple fault.
+    /// Triple fault or other shutdown.
     Shutdown,
-    /// KVM could not run or emulate the guest.
+    /// PSCI / system event (poweroff, reset, crash).
+    SystemEvent,
+    /// KVM could not emulate something.
     InternalError,
     /// VM entry failed.
     FailEntry,
-    /// Power off, reset or crash from the guest (PSCI on arm64).
-    SystemEvent,
-    /// A signal interrupted KVM_RUN (pause, stop).
-    Interrupted,
-    /// Anything else.
+    /// KVM_RUN came back without a guest exit: a signal (EINTR, such as the kick that
+    /// pauses or stops the VM), `immediate_exit` (KVM_EXIT_INTR) or EAGAIN.
+    Intr,
+    /// Any other exit, or KVM_RUN failing.
     Other,
 }
 
 impl ExitKind {
     /// Every kind, in report order.
     pub const ALL: [ExitKind; 11] = [
-        ExitKind::IoOut,
         ExitKind::IoIn,
-        ExitKind::MmioWrite,
+        ExitKind::IoOut,
         ExitKind::MmioRead,
+        ExitKind::MmioWrite,
         ExitKind::Hlt,
         ExitKind::Shutdown,
+        ExitKind::SystemEvent,
         ExitKind::InternalError,
         ExitKind::FailEntry,
-        ExitKind::SystemEvent,
-        ExitKind::Interrupted,
+        ExitKind::Intr,
         ExitKind::Other,
     ];
 
-    /// The kind's name in reports.
+    /// The stable snake_case name.
     pub fn name(self) -> &'static str {
         match self {
-            ExitKind::IoOut => "io_out",
             ExitKind::IoIn => "io_in",
-            ExitKind::MmioWrite => "mmio_write",
+            ExitKind::IoOut => "io_out",
             ExitKind::MmioRead => "mmio_read",
+            ExitKind::MmioWrite => "mmio_write",
             ExitKind::Hlt => "hlt",
             ExitKind::Shutdown => "shutdown",
+            ExitKind::SystemEvent => "system_event",
             ExitKind::InternalError => "internal_error",
             ExitKind::FailEntry => "fail_entry",
-            ExitKind::SystemEvent => "system_event",
-            ExitKind::Interrupted => "interrupted",
+            ExitKind::Intr => "intr",
             ExitKind::Other => "other",
         }
     }
 }
+
+/// One vCPU's exit counters, on cache lines of their own so that vCPUs counting at the
+/// same time do not bounce a line between host CPUs (128 bytes: adjacent-line prefetch
+/// pairs 64-byte lines).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct VcpuExits([AtomicU64; ExitKind::ALL.len()]);
 
 /// VM-wide counters.
 #[derive(Debug, Default)]
 pub struct VmCounters {
     unhandled_pio: AtomicU64,
     unhandled_mmio: AtomicU64,
-    /// vCPU exits, indexed like [`ExitKind::ALL`] (all vCPUs together).
-    exits: [AtomicU64; ExitKind::ALL.len()],
+    /// Exits by kind, one row per vCPU; each row is written by its vCPU thread only.
+    exits: Box<[VcpuExits]>,
 }
 
 impl VmCounters {
+    /// Counters for a VM with `vcpu_count` vCPUs.
+    pub fn new(vcpu_count: usize) -> Self {
+        VmCounters {
+            exits: (0..vcpu_count).map(|_| VcpuExits::default()).collect(),
+            ..VmCounters::default()
+        }
+    }
     /// A port access nobody answered.
     pub fn count_unhandled_pio(&self) {
         self.unhandled_pio.fetch_add(1, Ordering::Relaxed);
@@ -114,32 +129,123 @@ impl VmCounters {
     pub fn count_unhandled_mmio(&self) {
         self.unhandled_mmio.fetch_add(1, Ordering::Relaxed);
     }
-    /// One vCPU exit of `kind`.
-    pub fn count_exit(&self, kind: ExitKind) {
-        self.exits[kind as usize].fetch_add(1, Ordering::Relaxed);
+    /// One KVM_RUN return of `kind` on vCPU `vcpu`. Only that vCPU's thread may call this:
+    /// its row has a single writer, so a relaxed load and store (no locked instruction)
+    /// count exactly. An index past the vCPU count is ignored.
+    #[inline]
+    pub fn count_exit(&self, vcpu: usize, kind: ExitKind) {
+        if let Some(row) = self.exits.get(vcpu) {
+            let slot = &row.0[kind as usize];
+            slot.store(
+                slot.load(Ordering::Relaxed).wrapping_add(1),
+                Ordering::Relaxed,
+            );
+        }
+    }
+    /// Exits by kind, summed over the vCPUs.
+    pub fn exits(&self) -> ExitCounts {
+        let mut sum = [0u64; ExitKind::ALL.len()];
+        for row in self.exits.iter() {
+            for (total, slot) in sum.iter_mut().zip(&row.0) {
+                *total = total.wrapping_add(slot.load(Ordering::Relaxed));
+            }
+        }
+        ExitCounts::from_array(sum)
     }
     /// Snapshot.
     pub fn snapshot(&self) -> CountersReport {
         CountersReport {
             unhandled_pio_accesses: self.unhandled_pio.load(Ordering::Relaxed),
             unhandled_mmio_accesses: self.unhandled_mmio.load(Ordering::Relaxed),
-            exits: ExitKind::ALL
-                .iter()
-                .map(|k| (k.name(), self.exits[*k as usize].load(Ordering::Relaxed)))
-                .collect(),
+            exits: self.exits(),
         }
     }
 }
 
+/// vCPU exits by kind (see [`ExitKind`]), summed over the VM's vCPUs. Serialized as an
+/// object with one field per kind name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ExitCounts {
+    /// Port reads.
+    pub io_in: u64,
+    /// Port writes.
+    pub io_out: u64,
+    /// MMIO reads.
+    pub mmio_read: u64,
+    /// MMIO writes.
+    pub mmio_write: u64,
+    /// Userspace HLT exits.
+    pub hlt: u64,
+    /// Shutdowns (triple faults).
+    pub shutdown: u64,
+    /// System events.
+    pub system_event: u64,
+    /// Internal errors.
+    pub internal_error: u64,
+    /// Failed entries.
+    pub fail_entry: u64,
+    /// Returns without a guest exit (signal, immediate_exit, EAGAIN).
+    pub intr: u64,
+    /// Anything else, including KVM_RUN failing.
+    pub other: u64,
+}
+
+impl ExitCounts {
+    fn from_array(a: [u64; ExitKind::ALL.len()]) -> Self {
+        let [io_in, io_out, mmio_read, mmio_write, hlt, shutdown, system_event, internal_error, fail_entry, intr, other] =
+            a;
+        ExitCounts {
+            io_in,
+            io_out,
+            mmio_read,
+            mmio_write,
+            hlt,
+            shutdown,
+            system_event,
+            internal_error,
+            fail_entry,
+            intr,
+            other,
+        }
+    }
+
+    /// The count of `kind`.
+    pub fn get(&self, kind: ExitKind) -> u64 {
+        match kind {
+            ExitKind::IoIn => self.io_in,
+            ExitKind::IoOut => self.io_out,
+            ExitKind::MmioRead => self.mmio_read,
+            ExitKind::MmioWrite => self.mmio_write,
+            ExitKind::Hlt => self.hlt,
+            ExitKind::Shutdown => self.shutdown,
+            ExitKind::SystemEvent => self.system_event,
+            ExitKind::InternalError => self.internal_error,
+            ExitKind::FailEntry => self.fail_entry,
+            ExitKind::Intr => self.intr,
+            ExitKind::Other => self.other,
+        }
+    }
+
+    /// (name, count) for every kind, in [`ExitKind::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        ExitKind::ALL.iter().map(|k| (k.name(), self.get(*k)))
+    }
+
+    /// Every KVM_RUN return counted.
+    pub fn total(&self) -> u64 {
+        self.iter().fold(0, |sum, (_, n)| sum.wrapping_add(n))
+    }
+}
+
 /// Counters as reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CountersReport {
     /// Port accesses nobody answered (reads got all ones).
     pub unhandled_pio_accesses: u64,
     /// MMIO accesses nobody answered.
     pub unhandled_mmio_accesses: u64,
-    /// vCPU exits by kind ([`ExitKind::name`]), every kind present.
-    pub exits: std::collections::BTreeMap<&'static str, u64>,
+    /// vCPU exits by kind, summed over the vCPUs.
+    pub exits: ExitCounts,
 }
 
 struct Inner {
@@ -171,7 +277,7 @@ impl Shared {
             changed: Condvar::new(),
             vcpu_count,
             timings,
-            counters: VmCounters::default(),
+            counters: VmCounters::new(vcpu_count),
         }
     }
 
@@ -290,5 +396,38 @@ impl ExitSink for Shared {
             GuestExitRequest::Panic => ExitReason::Panic,
             GuestExitRequest::DebugExit(value) => ExitReason::DebugExit { value },
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_kinds_index_their_own_slot_and_name() {
+        for (i, kind) in ExitKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind:?} is out of order in ALL");
+        }
+        let counters = VmCounters::new(2);
+        // Kind i counted i + 1 times on vCPU 0 and once on vCPU 1.
+        for (i, kind) in ExitKind::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                counters.count_exit(0, *kind);
+            }
+            counters.count_exit(1, *kind);
+        }
+        counters.count_exit(2, ExitKind::Other); // no such vCPU: ignored
+        let exits = counters.snapshot().exits;
+        for (i, kind) in ExitKind::ALL.iter().enumerate() {
+            assert_eq!(exits.get(*kind), i as u64 + 2, "{kind:?}");
+        }
+        let json = serde_json::to_value(exits).unwrap();
+        let object = json.as_object().unwrap();
+        assert_eq!(object.len(), ExitKind::ALL.len());
+        for (name, n) in exits.iter() {
+            assert_eq!(object[name], n, "{name}");
+        }
+        let n = ExitKind::ALL.len() as u64;
+        assert_eq!(exits.total(), n * (n + 1) / 2 + n);
     }
 }

@@ -73,6 +73,24 @@ pub struct VcpuThread {
     pub seccomp_selftest: bool,
 }
 
+/// The counter a KVM_RUN return goes to.
+fn exit_kind(result: &Result<VcpuExit<'_>, kvm_ioctls::Error>) -> ExitKind {
+    match result {
+        Ok(VcpuExit::IoIn(..)) => ExitKind::IoIn,
+        Ok(VcpuExit::IoOut(..)) => ExitKind::IoOut,
+        Ok(VcpuExit::MmioRead(..)) => ExitKind::MmioRead,
+        Ok(VcpuExit::MmioWrite(..)) => ExitKind::MmioWrite,
+        Ok(VcpuExit::Hlt) => ExitKind::Hlt,
+        Ok(VcpuExit::Shutdown) => ExitKind::Shutdown,
+        Ok(VcpuExit::SystemEvent(..)) => ExitKind::SystemEvent,
+        Ok(VcpuExit::InternalError) => ExitKind::InternalError,
+        Ok(VcpuExit::FailEntry(..)) => ExitKind::FailEntry,
+        Ok(VcpuExit::Intr) => ExitKind::Intr,
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitKind::Intr,
+        Ok(_) | Err(_) => ExitKind::Other,
+    }
+}
+
 impl VcpuThread {
     /// Runs until the VM ends; records the exit reason if this vCPU caused it.
     pub fn run(mut self) {
@@ -120,23 +138,9 @@ impl VcpuThread {
     /// One KVM_RUN; returns an exit reason when the VM must end.
     fn run_once(&mut self) -> Option<ExitReason> {
         let result = self.fd.run();
-        let kind = match &result {
-            Ok(VcpuExit::IoOut(..)) => ExitKind::IoOut,
-            Ok(VcpuExit::IoIn(..)) => ExitKind::IoIn,
-            Ok(VcpuExit::MmioWrite(..)) => ExitKind::MmioWrite,
-            Ok(VcpuExit::MmioRead(..)) => ExitKind::MmioRead,
-            Ok(VcpuExit::Hlt) => ExitKind::Hlt,
-            Ok(VcpuExit::Shutdown) => ExitKind::Shutdown,
-            Ok(VcpuExit::InternalError) => ExitKind::InternalError,
-            Ok(VcpuExit::FailEntry(..)) => ExitKind::FailEntry,
-            Ok(VcpuExit::SystemEvent(..)) => ExitKind::SystemEvent,
-            Ok(VcpuExit::Intr) => ExitKind::Interrupted,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                ExitKind::Interrupted
-            }
-            _ => ExitKind::Other,
-        };
-        self.shared.counters.count_exit(kind);
+        self.shared
+            .counters
+            .count_exit(usize::from(self.id), exit_kind(&result));
         match result {
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !self.pio.write(port as u64, data) {

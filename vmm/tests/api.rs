@@ -72,14 +72,40 @@ fn a_hung_guest_can_be_paused_resumed_and_stopped() {
     let console = Capture::default();
     let handle = start("probe.exit=hang", console.clone());
     wait_for(&console, "PROBE PASS");
+    let control = handle.control();
+    // Past its verdict the probe stamps the boot timer and halts with interrupts off: wait
+    // until its exits stay put, so its vCPU sits in KVM_RUN when the pause kicks it.
+    let mut before = control.counters().exits;
+    let mut same = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while same < 2 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = control.counters().exits;
+        same = if now == before { same + 1 } else { 0 };
+        before = now;
+        assert!(Instant::now() < deadline, "the guest never went quiet");
+    }
+    assert!(before.io_out > 0, "{before:?}");
     assert!(handle.pause());
     assert_eq!(handle.state(), VmState::Paused);
+    // Exits only grow, and the kick that parked the vCPU came back as one without a guest exit.
+    let paused = control.counters().exits;
+    assert!(
+        paused.io_out >= before.io_out && paused.intr > before.intr,
+        "{before:?} -> {paused:?}"
+    );
     assert!(handle.resume());
     assert_eq!(handle.state(), VmState::Running);
     handle.stop();
     let report = handle.wait();
     assert_eq!(report.exit, ExitReason::Stopped);
     assert_eq!(report.exit_code, 8);
+    assert_eq!(
+        report.counters,
+        control.counters(),
+        "the report is the last reading"
+    );
+    assert!(report.counters.exits.total() >= paused.total());
 }
 
 #[test]

@@ -68,7 +68,7 @@ fn a_hung_probe_is_paused_resumed_and_stopped_through_its_socket() {
     assert_eq!(doc["state"], "paused");
     // Pausing kicked the vCPU out of KVM_RUN with a signal.
     assert!(
-        doc["counters"]["exits"]["interrupted"].as_u64().unwrap() >= 1,
+        doc["counters"]["exits"]["intr"].as_u64().unwrap() >= 1,
         "{doc}"
     );
     let (status, doc) = call(&sock, "PUT", "/resume", TIMEOUT).unwrap();
