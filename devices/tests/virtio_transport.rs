@@ -525,3 +525,60 @@ fn with_event_idx_the_device_publishes_avail_event_after_each_drain() {
         }
     }
 }
+
+/// Activates an rng device on one queue (size QSIZE, descriptor table at DESC, used ring at
+/// USED, available ring at `avail`, `ready` as given) whose available index reads
+/// `avail_idx`, kicks it on another thread and says whether the kick returned within 5 s.
+/// A queue that can yield nothing must end the drain, not spin on the event-loop thread.
+fn rng_kick_returns(ready: bool, avail: u64, avail_idx: u16) -> bool {
+    use virtio_queue::{Queue, QueueT};
+
+    let mem = memory();
+    mem.write_obj(avail_idx, GuestAddress(avail + 2)).unwrap();
+    let mut queue = Queue::new(QSIZE).unwrap();
+    queue.set_desc_table_address(Some(DESC as u32), Some(0));
+    queue.set_avail_ring_address(Some(avail as u32), Some(0));
+    queue.set_used_ring_address(Some(USED as u32), Some(0));
+    queue.set_ready(ready);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rng = Rng::new();
+        let interrupt = Arc::new(devices::virtio::Interrupt::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            rng.counters(),
+        ));
+        rng.activate(devices::virtio::Activation {
+            mem,
+            queues: vec![queue],
+            acked_features: rng.offered_features(),
+            interrupt,
+            queue_events: Vec::new(),
+        })
+        .unwrap();
+        rng.queue_notified(0);
+        let _ = done_tx.send(());
+    });
+    done_rx.recv_timeout(Duration::from_secs(5)).is_ok()
+}
+
+#[test]
+fn an_avail_index_more_than_a_ring_ahead_stops_the_queue_instead_of_spinning() {
+    // Found by the virtio_queue fuzz target: virtio-queue refuses to pop from such a ring,
+    // but re-enabling notifications saw "more chains" every time, so the drain never ended.
+    assert!(
+        rng_kick_returns(true, AVAIL, QSIZE + 1),
+        "the kick never returned"
+    );
+    assert!(
+        rng_kick_returns(true, AVAIL, 0x8000),
+        "the kick never returned"
+    );
+}
+
+#[test]
+fn a_kick_on_a_queue_that_cannot_pop_returns() {
+    // A queue the driver never made ready, and one whose available ring sits at guest
+    // address 0 (which virtio-queue treats as not configured): pop yields nothing.
+    assert!(rng_kick_returns(false, AVAIL, 1), "the kick never returned");
+    assert!(rng_kick_returns(true, 0, 1), "the kick never returned");
+}
