@@ -582,3 +582,27 @@ fn a_kick_on_a_queue_that_cannot_pop_returns() {
     assert!(rng_kick_returns(false, AVAIL, 1), "the kick never returned");
     assert!(rng_kick_returns(true, 0, 1), "the kick never returned");
 }
+
+#[test]
+fn driver_ok_written_with_refused_features_does_not_stick() {
+    // Found by the virtio_mmio fuzz target: with unacceptable features, FEATURES_OK was
+    // dropped from a status write but DRIVER_OK kept, so the register showed a live device
+    // (DRIVER_OK without FEATURES_OK) that was never activated.
+    let mut d = rng_driver();
+    let base = status::ACKNOWLEDGE | status::DRIVER;
+    d.w(0x70, status::ACKNOWLEDGE);
+    d.w(0x70, base);
+    d.w(0x24, 1);
+    d.w(0x20, 0); // VERSION_1 not accepted: FEATURES_OK must be refused.
+    d.w(0x70, base | status::FEATURES_OK | status::DRIVER_OK);
+    let st = d.r(0x70);
+    assert_eq!(
+        st & (status::FEATURES_OK | status::DRIVER_OK),
+        0,
+        "status {st:#x}"
+    );
+    assert!(!d
+        .transport
+        .active_flag()
+        .load(std::sync::atomic::Ordering::SeqCst));
+}
