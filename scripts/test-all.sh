@@ -15,5 +15,7 @@ echo "== cargo build --release (edgevisor)"
 cargo build --release -p vmm --bin edgevisor
 echo "== cargo test"
 cargo test --workspace --release -- --test-threads=2
+echo "== cargo fuzz (bounded)"
+bash scripts/fuzz.sh
 echo "== aarch64: whole workspace built for arm64, unit tests under qemu-user"
 bash scripts/test-arm64.sh

@@ -525,3 +525,114 @@ fn with_event_idx_the_device_publishes_avail_event_after_each_drain() {
         }
     }
 }
+
+/// Activates an rng device on one queue (size QSIZE, descriptor table at DESC, used ring at
+/// USED, available ring at `avail`, `ready` as given) whose available index reads
+/// `avail_idx`, kicks it on another thread and says whether the kick returned within 5 s.
+/// A queue that can yield nothing must end the drain, not spin on the event-loop thread.
+fn rng_kick_returns(ready: bool, avail: u64, avail_idx: u16) -> bool {
+    use virtio_queue::{Queue, QueueT};
+
+    let mem = memory();
+    mem.write_obj(avail_idx, GuestAddress(avail + 2)).unwrap();
+    let mut queue = Queue::new(QSIZE).unwrap();
+    queue.set_desc_table_address(Some(DESC as u32), Some(0));
+    queue.set_avail_ring_address(Some(avail as u32), Some(0));
+    queue.set_used_ring_address(Some(USED as u32), Some(0));
+    queue.set_ready(ready);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rng = Rng::new();
+        let interrupt = Arc::new(devices::virtio::Interrupt::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            rng.counters(),
+        ));
+        rng.activate(devices::virtio::Activation {
+            mem,
+            queues: vec![queue],
+            acked_features: rng.offered_features(),
+            interrupt,
+            queue_events: Vec::new(),
+        })
+        .unwrap();
+        rng.queue_notified(0);
+        let _ = done_tx.send(());
+    });
+    done_rx.recv_timeout(Duration::from_secs(5)).is_ok()
+}
+
+#[test]
+fn an_avail_index_more_than_a_ring_ahead_stops_the_queue_instead_of_spinning() {
+    // Found by the virtio_queue fuzz target: virtio-queue refuses to pop from such a ring,
+    // but re-enabling notifications saw "more chains" every time, so the drain never ended.
+    assert!(
+        rng_kick_returns(true, AVAIL, QSIZE + 1),
+        "the kick never returned"
+    );
+    assert!(
+        rng_kick_returns(true, AVAIL, 0x8000),
+        "the kick never returned"
+    );
+}
+
+#[test]
+fn a_kick_on_a_queue_that_cannot_pop_returns() {
+    // A queue the driver never made ready, and one whose available ring sits at guest
+    // address 0 (which virtio-queue treats as not configured): pop yields nothing.
+    assert!(rng_kick_returns(false, AVAIL, 1), "the kick never returned");
+    assert!(rng_kick_returns(true, 0, 1), "the kick never returned");
+}
+
+#[test]
+fn driver_ok_written_with_refused_features_does_not_stick() {
+    // Found by the virtio_mmio fuzz target: with unacceptable features, FEATURES_OK was
+    // dropped from a status write but DRIVER_OK kept, so the register showed a live device
+    // (DRIVER_OK without FEATURES_OK) that was never activated.
+    let mut d = rng_driver();
+    let base = status::ACKNOWLEDGE | status::DRIVER;
+    d.w(0x70, status::ACKNOWLEDGE);
+    d.w(0x70, base);
+    d.w(0x24, 1);
+    d.w(0x20, 0); // VERSION_1 not accepted: FEATURES_OK must be refused.
+    d.w(0x70, base | status::FEATURES_OK | status::DRIVER_OK);
+    let st = d.r(0x70);
+    assert_eq!(
+        st & (status::FEATURES_OK | status::DRIVER_OK),
+        0,
+        "status {st:#x}"
+    );
+    assert!(!d
+        .transport
+        .active_flag()
+        .load(std::sync::atomic::Ordering::SeqCst));
+}
+
+#[test]
+fn get_id_into_a_short_buffer_never_reports_more_than_the_buffer() {
+    // Found by the virtio_block fuzz target: with fewer than 21 writable bytes, the id was
+    // written over the status byte and the used length claimed one byte more than the
+    // driver supplied.
+    let (_dir, path) = image(8);
+    let mut d = block_driver(&path, false, CacheMode::Writeback);
+    d.start();
+    let id: Vec<u8> = b"disk.img".to_vec();
+    for writable in [1u32, 2, 5, 9, 20, 21, 32] {
+        d.mem
+            .write_slice(&[0xeeu8; 32], GuestAddress(DATA + 0x100))
+            .unwrap();
+        block_request(&d, 8, 0, 0, false);
+        // One writable buffer: id bytes, then the status as its last byte.
+        d.desc(1, DATA + 0x100, writable, F_WRITE, 0);
+        d.submit(0);
+        let room = (writable as usize - 1).min(20);
+        assert_eq!(d.used(), (0, room as u32 + 1), "{writable} writable bytes");
+        let mut got = vec![0u8; writable as usize];
+        d.mem
+            .read_slice(&mut got, GuestAddress(DATA + 0x100))
+            .unwrap();
+        assert_eq!(got[writable as usize - 1], 0, "status of {writable}");
+        let mut want = id.clone();
+        want.resize(20, 0);
+        assert_eq!(&got[..room], &want[..room], "id in {writable} bytes");
+    }
+}

@@ -280,7 +280,9 @@ impl Block {
                 }
                 Outcome::status(S_OK)
             }
-            T_GET_ID => match chain.write_at(mem, 0, &self.id) {
+            // The id goes before the status byte (the chain's last writable byte), cut
+            // short when the driver's buffer is smaller than the 20 bytes.
+            T_GET_ID => match chain.write_at(mem, 0, &self.id[..id_room(data_len)]) {
                 Ok(n) => Outcome {
                     status: S_OK,
                     data_written: n as u32,
@@ -385,6 +387,11 @@ impl Block {
         // Used length: data written to the guest plus the status byte.
         outcome.data_written.saturating_add(1)
     }
+}
+
+/// Bytes of the device id that fit in `data_len` writable bytes before the status.
+fn id_room(data_len: u64) -> usize {
+    usize::try_from(data_len).map_or(ID_BYTES, |n| n.min(ID_BYTES))
 }
 
 /// Cuts `slices` so they add up to `total` bytes.

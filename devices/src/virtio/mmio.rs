@@ -302,7 +302,9 @@ impl MmioTransport {
             return;
         }
         if added & status::FEATURES_OK != 0 && !self.features_acceptable() {
-            self.status = value & !status::FEATURES_OK;
+            // FEATURES_OK does not stick (the driver reads it back and gives up), and neither
+            // does a DRIVER_OK written with it: no device runs without agreed features.
+            self.status = value & !(status::FEATURES_OK | status::DRIVER_OK);
             return;
         }
         if added & status::DRIVER_OK != 0 && self.status & status::FEATURES_OK == 0 {

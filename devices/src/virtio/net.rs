@@ -294,10 +294,7 @@ impl Net {
                 self.tx_more = true;
                 break;
             }
-            let Some(popped) = active.tx.pop(&active.mem) else {
-                if active.tx.enable_notification(&active.mem) {
-                    continue;
-                }
+            let Some(popped) = active.tx.pop_or_enable(&active.mem) else {
                 break;
             };
             served += 1;
@@ -335,10 +332,7 @@ impl Net {
         let mut frames = 0usize;
         let mut out_of_buffers = false;
         while frames < RX_BATCH {
-            let Some(popped) = active.rx.pop(&active.mem) else {
-                if active.rx.enable_notification(&active.mem) {
-                    continue;
-                }
+            let Some(popped) = active.rx.pop_or_enable(&active.mem) else {
                 out_of_buffers = true;
                 break;
             };

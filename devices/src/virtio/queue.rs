@@ -339,11 +339,33 @@ impl QueueHandler {
 
     /// Re-enables kicks after the ring was drained: with VIRTIO_F_EVENT_IDX this publishes
     /// `avail_event`, without which a driver stops kicking after its first request. Returns
-    /// true when more chains arrived meanwhile: serve them and call this again. Every device
-    /// must drain its queue in that loop:
-    /// `loop { while let Some(p) = q.pop(&mem) { .. } if !q.enable_notification(&mem) { break } }`.
+    /// true when more chains arrived meanwhile and [`QueueHandler::pop`] can serve them.
+    /// False also when the queue cannot deliver anything whatever its index says (not
+    /// ready, or an available index more than a ring ahead of ours: garbage that stops the
+    /// queue until the driver resets it), so a caller that loops while this is true ends.
+    /// Devices drain their queues with [`QueueHandler::pop_or_enable`], which calls it.
     pub fn enable_notification(&mut self, mem: &Memory) -> bool {
-        self.queue.enable_notification(mem).unwrap_or(false)
+        if !self.queue.enable_notification(mem).unwrap_or(false) {
+            return false;
+        }
+        // `iter` refuses exactly the states in which popping yields nothing: a queue not
+        // ready (or reset) and an index too far ahead.
+        self.queue.iter(mem).is_ok()
+    }
+
+    /// The next chain to serve; when the ring looks empty, re-enables kicks and looks once
+    /// more (a chain may have arrived meanwhile). `None` means the device is done until the
+    /// next kick. Never spins: a ring that still yields nothing after kicks are re-enabled
+    /// ends the drain, whatever the guest wrote into its index.
+    pub fn pop_or_enable(&mut self, mem: &Memory) -> Option<Popped> {
+        if let Some(popped) = self.pop(mem) {
+            return Some(popped);
+        }
+        if self.enable_notification(mem) {
+            self.pop(mem)
+        } else {
+            None
+        }
     }
 
     /// Whether the driver wants an interrupt for what was just completed (event-idx aware).
@@ -403,7 +425,7 @@ impl RequestQueue {
     ) {
         let bump = super::counters::bump;
         let mut completed = false;
-        while let Some(popped) = self.pop_next() {
+        while let Some(popped) = self.queue.pop_or_enable(&self.mem) {
             completed = true;
             let chain = match popped {
                 Popped::Chain(chain) => chain,
@@ -422,19 +444,6 @@ impl RequestQueue {
         }
         if completed && self.queue.needs_notification(&self.mem) {
             self.interrupt.signal_used_queue();
-        }
-    }
-
-    /// The next chain, re-enabling kicks when the ring looks empty (and looking again if
-    /// more arrived meanwhile).
-    fn pop_next(&mut self) -> Option<Popped> {
-        loop {
-            if let Some(popped) = self.queue.pop(&self.mem) {
-                return Some(popped);
-            }
-            if !self.queue.enable_notification(&self.mem) {
-                return None;
-            }
         }
     }
 }

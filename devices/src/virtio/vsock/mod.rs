@@ -196,10 +196,7 @@ impl Vsock {
                 self.muxer.poke();
                 break;
             }
-            let Some(popped) = active.tx.pop(&active.mem) else {
-                if active.tx.enable_notification(&active.mem) {
-                    continue;
-                }
+            let Some(popped) = active.tx.pop_or_enable(&active.mem) else {
                 break;
             };
             served += 1;
@@ -242,10 +239,7 @@ impl Vsock {
                 self.muxer.poke();
                 break;
             }
-            let Some(popped) = active.rx.pop(&active.mem) else {
-                if active.rx.enable_notification(&active.mem) {
-                    continue;
-                }
+            let Some(popped) = active.rx.pop_or_enable(&active.mem) else {
                 // Out of buffers: the guest's next RX kick brings us back.
                 break;
             };
