@@ -28,7 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 const MAX_OPS: usize = 256;
 const WIDTHS: [usize; 8] = [4, 4, 4, 4, 1, 2, 8, 3];
 
-/// The image the block variant opens afresh for each input.
+/// The image the block variant opens afresh for each input (an unlinked file).
 fn image() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
@@ -41,7 +41,12 @@ fn image() -> &'static PathBuf {
         let file = std::fs::File::create(&path)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
         file.set_len(16 << 10).expect("sizing the fuzz image");
-        path
+        // Nothing left behind when the fuzzer ends: the name goes now, and each input
+        // reopens the file through this process's descriptor, which stays open.
+        let _ = std::fs::remove_file(&path);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        std::mem::forget(file);
+        PathBuf::from(format!("/proc/self/fd/{fd}"))
     })
 }
 
