@@ -152,6 +152,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 /// A scrape job for the agent at `target` sending the token in `credentials_file`.
+#[cfg(target_arch = "x86_64")]
 fn agent_job(name: &str, target: &str, credentials_file: &std::path::Path) -> String {
     format!(
         "  - job_name: {name}\n    authorization:\n      type: Bearer\n      credentials_file: '{}'\n    static_configs:\n      - targets: ['{target}']\n",
@@ -160,6 +161,7 @@ fn agent_job(name: &str, target: &str, credentials_file: &std::path::Path) -> St
 }
 
 /// The value of the single series `q` selects, once it exists and `ok` holds for it.
+#[cfg(target_arch = "x86_64")]
 fn wait_value(prom: &Prometheus, q: &str, ok: impl Fn(f64) -> bool) -> f64 {
     let r = prom.wait_for(q, |r| r.len() == 1 && ok(r[0].1));
     r[0].1
