@@ -124,6 +124,8 @@ enum SetupError {
     JailId { flag: &'static str },
     #[error("--jail-base {0} is not an absolute path; give one")]
     JailBase(PathBuf),
+    #[error("--state-dir {0} is under /run or /dev, which the jail uses itself: jailed guests read their config from the state directory at the same path, so use another one (e.g. /var/lib/edgevisor)")]
+    JailedStateDir(PathBuf),
     #[error("--jail-cgroup: {0}")]
     JailCgroup(String),
     #[error(transparent)]
@@ -233,6 +235,10 @@ fn jail_options(cli: &Cli, jailer: &Path, uid: u32, gid: u32) -> Result<JailOpti
     }
     if !cli.jail_base.is_absolute() {
         return Err(SetupError::JailBase(cli.jail_base.clone()));
+    }
+    let state = std::path::absolute(&cli.state_dir).unwrap_or_else(|_| cli.state_dir.clone());
+    if state.starts_with("/run") || state.starts_with("/dev") {
+        return Err(SetupError::JailedStateDir(cli.state_dir.clone()));
     }
     vmm::jail::cgroup::Limits::parse_all(&cli.jail_cgroups)
         .map_err(|e| SetupError::JailCgroup(e.to_string()))?;

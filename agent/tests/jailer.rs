@@ -285,5 +285,22 @@ fn bad_jail_flags_are_refused_at_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--jail-cgroup"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgevisor-agent"))
+        .args(["--state-dir", "/run/edgevisor-test-state", "--unix"])
+        .arg(dir.0.join("a.sock"))
+        .args([
+            "--jailer",
+            "/bin/true",
+            "--jail-uid",
+            "1",
+            "--jail-gid",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is under /run or /dev"), "{err}");
+    assert!(!Path::new("/run/edgevisor-test-state").exists());
     assert!(!dir.0.join("a.sock").exists(), "nothing served");
 }
