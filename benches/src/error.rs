@@ -100,4 +100,12 @@ pub enum BenchError {
         /// What went wrong.
         detail: String,
     },
+    /// A piece of the bench's own setup (network namespace, testpmd) failed.
+    #[error("could not {what}: {detail}")]
+    Setup {
+        /// What the bench was doing.
+        what: String,
+        /// What went wrong.
+        detail: String,
+    },
 }

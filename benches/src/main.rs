@@ -4,6 +4,9 @@
 //! cargo run --release -p benches --bin edgevisor-bench -- boot [--runs 11] [--warmup 1]
 //!     [--guest pvh|multiboot] [--only edgevisor|qemu] [--edgevisor PATH]
 //!     [--qemu qemu-system-x86_64] [--timeout-secs 10] [--json FILE]
+//! cargo run --release -p benches --bin edgevisor-bench -- io [--runs 5] [--frames 20000]
+//!     [--blk-mib 32] [--iops 2048] [--spin 250000] [--vhost-user] [--only edgevisor|qemu]
+//!     [--edgevisor PATH] [--qemu qemu-system-x86_64] [--json FILE]
 //! ```
 //! The table goes to stdout, one progress line per run to stderr. Exit code 0: every
 //! run passed; 1: some run failed (the report still covers the passing ones); 2: the
@@ -14,8 +17,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use benches::{
-    render_memory_table, render_table, run_boot, run_memory, BenchError, BootOptions, BootReport,
-    Guest, MemoryOptions, System,
+    render_io_table, render_memory_table, render_table, run_boot, run_io, run_memory, BenchError,
+    BootOptions, BootReport, Guest, IoOptions, MemoryOptions, System,
 };
 use clap::{Parser, Subcommand};
 
@@ -43,6 +46,80 @@ enum Command {
     /// Boot time and a guest memory-touch workload with 4 KiB pages versus 2 MiB
     /// hugepages, with and without prefault (reserves the hugepages itself; needs root).
     Memory(MemoryArgs),
+    /// virtio-blk and virtio-net (TAP; with --vhost-user also into dpdk-testpmd) throughput
+    /// of the same guest under edgevisor and QEMU microvm, interleaved (needs root).
+    Io(IoArgs),
+}
+
+#[derive(clap::Args)]
+struct IoArgs {
+    /// Measured runs per system (after one warm-up run each).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
+    /// Frames per net pass (one pass of 1514-byte frames, one of 64-byte frames).
+    #[arg(long, default_value_t = 20000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    frames: u64,
+    /// MiB per sequential block pass (read, then write), at most 256.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=256))]
+    blk_mib: u64,
+    /// Random 4 KiB block reads.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    iops: u64,
+    /// Iterations of the guest's register-only loop (4 instructions each).
+    #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000_000))]
+    spin: u64,
+    /// Also send the frames over vhost-user into dpdk-testpmd (package dpdk-dev; reserves
+    /// 64 hugepages while it runs).
+    #[arg(long)]
+    vhost_user: bool,
+    /// Run only one system (no ratios).
+    #[arg(long, value_enum)]
+    only: Option<System>,
+    /// The edgevisor binary (default: `cargo build --release -p vmm --bin edgevisor`).
+    #[arg(long)]
+    edgevisor: Option<PathBuf>,
+    /// The QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Kill a run and count it failed after this many seconds.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_secs: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn io(args: IoArgs) -> Result<(), BenchError> {
+    let edgevisor = match args.edgevisor {
+        Some(path) => path,
+        None => benches::locate::build_edgevisor(&benches::locate::workspace_root())?,
+    };
+    let options = IoOptions {
+        runs: usize::from(args.runs),
+        only: args.only,
+        edgevisor,
+        qemu: args.qemu,
+        frames: args.frames,
+        blk_mib: args.blk_mib,
+        iops: args.iops,
+        spin: args.spin,
+        vhost_user: args.vhost_user,
+        timeout: Duration::from_secs(args.timeout_secs),
+    };
+    let report = run_io(&options, &mut std::io::stderr())?;
+    print!("{}", render_io_table(&report));
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    let (counted, sent) = report.tap_frames_counted;
+    let pmd_ok = report
+        .testpmd_frames_counted
+        .is_none_or(|(counted, sent)| counted == sent);
+    if counted != sent || !pmd_ok {
+        eprintln!("edgevisor-bench: the host counted other frame numbers than the guests sent");
+        return Err(BenchError::RunsFailed { count: 1 });
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -143,19 +220,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Boot(args) => boot(args),
-        Command::Memory(args) => {
-            return match memory(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error @ BenchError::RunsFailed { .. }) => {
-                    eprintln!("edgevisor-bench: {error}");
-                    ExitCode::from(EXIT_RUNS_FAILED)
-                }
-                Err(error) => {
-                    eprintln!("edgevisor-bench: {error}");
-                    ExitCode::from(EXIT_SETUP_ERROR)
-                }
-            }
-        }
+        Command::Memory(args) => return finish(memory(args)),
+        Command::Io(args) => return finish(io(args)),
     };
     match result {
         Ok(report) if report.failures.is_empty() => ExitCode::SUCCESS,
@@ -163,6 +229,21 @@ fn main() -> ExitCode {
             let error = BenchError::RunsFailed {
                 count: report.failures.len(),
             };
+            eprintln!("edgevisor-bench: {error}");
+            ExitCode::from(EXIT_RUNS_FAILED)
+        }
+        Err(error) => {
+            eprintln!("edgevisor-bench: {error}");
+            ExitCode::from(EXIT_SETUP_ERROR)
+        }
+    }
+}
+
+/// Exit code for the memory and io benches, which print their own report.
+fn finish(result: Result<(), BenchError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error @ BenchError::RunsFailed { .. }) => {
             eprintln!("edgevisor-bench: {error}");
             ExitCode::from(EXIT_RUNS_FAILED)
         }

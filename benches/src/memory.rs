@@ -124,10 +124,10 @@ pub struct MemoryReport {
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 
 /// Reserves 2 MiB pages for the bench and puts the pool back on drop.
-struct Reservation(String);
+pub(crate) struct Reservation(String);
 
 impl Reservation {
-    fn reserve(pages: u64) -> Result<Reservation, BenchError> {
+    pub(crate) fn reserve(pages: u64) -> Result<Reservation, BenchError> {
         let fail = |detail: String| BenchError::HugePages { pages, detail };
         let before = std::fs::read_to_string(NR_HUGEPAGES).map_err(|e| fail(e.to_string()))?;
         let current: u64 = before.trim().parse().unwrap_or(0);

@@ -323,10 +323,12 @@ static void check_device(struct vdev *d)
 	case VIRTIO_ID_BLOCK:
 		d->check = "virtio-blk";
 		virtio_blk_check(d);
+		virtio_blk_bench(d);
 		break;
 	case VIRTIO_ID_NET:
 		d->check = "virtio-net";
 		virtio_net_check(d);
+		virtio_net_bench(d);
 		break;
 	case VIRTIO_ID_VSOCK:
 		d->check = "virtio-vsock";
@@ -340,7 +342,8 @@ static void check_device(struct vdev *d)
 	}
 }
 
-/* Called by probe_body (checks.S) after check_rtc. Without tokens it prints nothing.
+/* Called by probe_body (checks.S) after check_rtc. Without tokens it prints nothing (but
+ * `probe.spin=`, which runs last, still does).
  * All tokens are parsed and checked before any device is touched. */
 void virtio_checks(void)
 {
@@ -364,4 +367,5 @@ void virtio_checks(void)
 			       mem_total);
 	for (u32 i = 0; i < count; i++)
 		check_device(&devs[i]);
+	virtio_spin_bench(count ? &devs[0] : 0);
 }

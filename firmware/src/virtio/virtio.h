@@ -208,4 +208,9 @@ void virtio_blk_check(struct vdev *d);
 void virtio_net_check(struct vdev *d);
 void virtio_vsock_check(struct vdev *d);
 
+/* ---- bench.c: workloads behind probe.blkbench=, probe.netbench= and probe.spin= ------------ */
+void virtio_blk_bench(struct vdev *d);	/* after virtio_blk_check, when asked */
+void virtio_net_bench(struct vdev *d);	/* after virtio_net_check, when asked */
+void virtio_spin_bench(struct vdev *first); /* after every device; `first` may be 0 */
+
 #endif
