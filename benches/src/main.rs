@@ -5,7 +5,7 @@
 //!     [--guest pvh|multiboot] [--only edgevisor|qemu] [--edgevisor PATH]
 //!     [--qemu qemu-system-x86_64] [--timeout-secs 10] [--json FILE]
 //! cargo run --release -p benches --bin edgevisor-bench -- io [--runs 5] [--frames 20000]
-//!     [--blk-mib 32] [--iops 2048] [--spin 250000] [--vhost-user] [--only edgevisor|qemu]
+//!     [--blk-mib 128] [--iops 2048] [--spin 250000] [--vhost-user] [--only edgevisor|qemu]
 //!     [--edgevisor PATH] [--qemu qemu-system-x86_64] [--json FILE]
 //! ```
 //! The table goes to stdout, one progress line per run to stderr. Exit code 0: every
@@ -59,8 +59,8 @@ struct IoArgs {
     /// Frames per net pass (one pass of 1514-byte frames, one of 64-byte frames).
     #[arg(long, default_value_t = 20000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     frames: u64,
-    /// MiB per sequential block pass (read, then write), at most 256.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=256))]
+    /// MiB per sequential block pass (read, then write; 1 MiB requests), at most 256.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=256))]
     blk_mib: u64,
     /// Random 4 KiB block reads.
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
