@@ -284,6 +284,8 @@ pub struct IoReport {
     pub tap_frames_counted: (u64, u64),
     /// The same for testpmd's port, with `--vhost-user`.
     pub testpmd_frames_counted: Option<(u64, u64)>,
+    /// edgevisor's vhost-user median over its TAP median, per net metric, with `--vhost-user`.
+    pub edgevisor_vhost_user_over_tap: BTreeMap<Metric, f64>,
 }
 
 /// A network namespace with one TAP, up; deleted on drop.
@@ -700,6 +702,7 @@ pub fn run_io(options: &IoOptions, progress: &mut dyn Write) -> Result<IoReport,
         })
         .collect();
     let rows = table_rows(&results);
+    let edgevisor_vhost_user_over_tap = vhost_user_over_tap(&rows);
     Ok(IoReport {
         runs: options.runs,
         frames: options.frames,
@@ -710,7 +713,24 @@ pub fn run_io(options: &IoOptions, progress: &mut dyn Write) -> Result<IoReport,
         rows,
         tap_frames_counted: (tap_counted, tap_sent),
         testpmd_frames_counted,
+        edgevisor_vhost_user_over_tap,
     })
+}
+
+/// edgevisor's vhost-user median over its TAP median, for each net metric that has both.
+pub fn vhost_user_over_tap(rows: &[IoRow]) -> BTreeMap<Metric, f64> {
+    let median = |metric: Metric, net: NetPath| {
+        rows.iter()
+            .find(|r| r.metric == metric && r.net == Some(net))
+            .and_then(|r| r.edgevisor)
+    };
+    Metric::ALL
+        .into_iter()
+        .filter_map(|m| {
+            let (v, t) = (median(m, NetPath::VhostUser)?, median(m, NetPath::Tap)?);
+            Some((m, ratio(v, t)?))
+        })
+        .collect()
 }
 
 /// One row per metric that some setup measured (net metrics once per network path).
@@ -784,6 +804,14 @@ pub fn render_io_table(report: &IoReport) -> String {
             out,
             "frames into testpmd: {counted} counted by its port, {sent} sent by the guests"
         );
+    }
+    if !report.edgevisor_vhost_user_over_tap.is_empty() {
+        let ratios: Vec<String> = report
+            .edgevisor_vhost_user_over_tap
+            .iter()
+            .map(|(m, r)| format!("{} {r:.2}", m.label()))
+            .collect();
+        let _ = writeln!(out, "edgevisor vhost-user/TAP: {}", ratios.join(", "));
     }
     if let Some(v) = &report.qemu_version {
         let _ = writeln!(out, "{v}");
@@ -944,6 +972,11 @@ PROBE PASS protocol=pvh
         ]);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].ratio, Some(1.5));
+        let vu = vhost_user_over_tap(&rows);
+        assert_eq!(
+            vu.into_iter().collect::<Vec<_>>(),
+            [(Metric::NetTxSmallFps, 50.0 / 300.0)]
+        );
         assert_eq!(rows[1].net, Some(NetPath::VhostUser));
         assert_eq!(
             (rows[1].edgevisor, rows[1].qemu, rows[1].ratio),

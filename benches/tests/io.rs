@@ -85,6 +85,15 @@ fn io_bench_measures_both_systems_and_every_frame_reaches_the_host() {
         "{fps} {mbit}"
     );
 
+    // edgevisor's vhost-user/TAP ratio for each of the three net figures.
+    let vu = report["edgevisor_vhost_user_over_tap"].as_object().unwrap();
+    assert_eq!(vu.len(), 3, "{vu:?}");
+    assert!(vu.values().all(|r| r.as_f64().unwrap() > 0.0), "{vu:?}");
+    assert!(
+        stdout.contains("edgevisor vhost-user/TAP: net tx 1514 B (frames/s) "),
+        "{stdout}"
+    );
+
     // Two systems, a warm-up and one run each, two passes of FRAMES: the TAP's and testpmd's
     // counters saw exactly that.
     let expected = 2 * 2 * 2 * FRAMES;
