@@ -636,3 +636,58 @@ fn get_id_into_a_short_buffer_never_reports_more_than_the_buffer() {
         assert_eq!(&got[..room], &want[..room], "id in {writable} bytes");
     }
 }
+
+#[test]
+fn a_driver_cannot_set_needs_reset_or_bits_above_the_status_byte() {
+    // Found by the virtio_mmio fuzz target: a running device took the status write
+    // 0x95ffcfff as it was, so the register showed DEVICE_NEEDS_RESET (and bits the status
+    // byte does not have) on a device that kept running. DEVICE_NEEDS_RESET is the device's to
+    // set, and the status is one byte, as the spec and QEMU have it.
+    let mut d = rng_driver();
+    let st = d.start();
+    assert_ne!(st & status::DRIVER_OK, 0, "status {st:#x}");
+    d.w(0x70, 0x95ff_cf00 | st | status::DEVICE_NEEDS_RESET);
+    let after = d.r(0x70);
+    assert_eq!(after, st, "status {after:#x}");
+    assert!(d
+        .transport
+        .active_flag()
+        .load(std::sync::atomic::Ordering::SeqCst));
+    // The device still serves its queue.
+    d.desc(0, 0x4000, 16, 2, 0);
+    d.submit(0);
+    assert_eq!(d.used(), (0, 16));
+    // A device that set DEVICE_NEEDS_RESET itself keeps it until the reset, and takes no
+    // other status write: no FEATURES_OK or DRIVER_OK brings it up (the fuzzer's second find:
+    // DRIVER_OK before FEATURES_OK set it, then 0x4b and 0x4f started the device).
+    let mut d = rng_driver();
+    let offered = d.offered();
+    let base = status::ACKNOWLEDGE | status::DRIVER;
+    d.w(0x70, 0);
+    d.w(0x70, status::ACKNOWLEDGE);
+    d.w(0x70, base);
+    d.w(0x24, 1);
+    d.w(0x20, (offered >> 32) as u32);
+    d.w(0x70, base | status::DRIVER_OK); // before FEATURES_OK
+    let refused = d.r(0x70);
+    assert_eq!(
+        refused,
+        base | status::DEVICE_NEEDS_RESET,
+        "status {refused:#x}"
+    );
+    d.setup_queue(QSIZE as u32, DESC, AVAIL, USED);
+    for write in [
+        base | status::FEATURES_OK,
+        base | status::FEATURES_OK | status::DEVICE_NEEDS_RESET,
+        base | status::FEATURES_OK | status::DRIVER_OK | status::DEVICE_NEEDS_RESET,
+    ] {
+        d.w(0x70, write);
+        assert_eq!(d.r(0x70), refused, "after {write:#x}");
+    }
+    assert!(!d
+        .transport
+        .active_flag()
+        .load(std::sync::atomic::Ordering::SeqCst));
+    d.w(0x70, 0);
+    assert_eq!(d.r(0x70), 0);
+}

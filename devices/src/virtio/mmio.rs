@@ -32,6 +32,9 @@ const VERSION: u32 = 2;
 /// Vendor id reported to the guest ("EDGV").
 pub const VENDOR_ID: u32 = 0x5647_4445;
 
+/// The bits of the status register: the status is one byte.
+const STATUS_BYTE: u32 = 0xff;
+
 /// Device status bits.
 pub mod status {
     /// The guest noticed the device.
@@ -288,10 +291,22 @@ impl MmioTransport {
     }
 
     fn write_status(&mut self, value: u32) {
+        // The status is one byte (QEMU also drops the rest), and DEVICE_NEEDS_RESET is the
+        // device's to set: a driver's write cannot set it, and only a reset clears it.
+        let value = value & STATUS_BYTE;
         if value == 0 {
             self.reset();
             return;
         }
+        if self.status & status::DEVICE_NEEDS_RESET != 0 {
+            // Only a reset gets the device out of this state: no feature or DRIVER_OK step
+            // may bring up a device that is waiting for one.
+            self.refuse(format_args!(
+                "status {value:#x} written while DEVICE_NEEDS_RESET is set: only a reset (0) is accepted"
+            ));
+            return;
+        }
+        let value = value & !status::DEVICE_NEEDS_RESET;
         // Status bits only ever get added until a reset.
         let added = value & !self.status;
         if value & self.status != self.status {
