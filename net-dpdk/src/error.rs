@@ -38,6 +38,17 @@ pub enum VhostUserNetError {
         /// How long we waited.
         seconds: u64,
     },
+    /// The back end took the connection but did not answer in time.
+    #[error("the vhost-user back end on {path} did not answer within {seconds} s (it took the connection); check that a vhost-user back end listens there and is not stuck")]
+    NoReply {
+        /// The socket path.
+        path: PathBuf,
+        /// The limit.
+        seconds: u64,
+    },
+    /// The thread that enforces the answer deadline could not be started.
+    #[error("cannot start the vhost-user watchdog thread: {0}")]
+    Watchdog(std::io::Error),
     /// A vhost-user request failed or the back end answered it with an error.
     #[error("the vhost-user back end on {path} failed the {request} request: {source}; check the back end's log")]
     Protocol {

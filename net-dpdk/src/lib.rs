@@ -22,6 +22,7 @@
 mod error;
 mod handshake;
 pub mod sriov;
+mod watchdog;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
@@ -43,6 +44,7 @@ use vmm_sys_util::timerfd::TimerFd;
 pub use error::VhostUserNetError;
 pub use handshake::{Mode, MAX_MEM_REGIONS};
 use handshake::{Negotiated, StartState};
+pub use watchdog::REPLY_TIMEOUT;
 
 /// Queue size offered to the driver.
 pub const QUEUE_SIZE: u16 = 256;
@@ -110,6 +112,24 @@ pub struct VhostUserNet {
     reconnects: u64,
     starts: u64,
     counters: Arc<VirtioCounters>,
+    /// Ends a conversation the back end stops answering ([`REPLY_TIMEOUT`]).
+    watchdog: watchdog::Watchdog,
+}
+
+/// `result` of a conversation the watchdog guarded: a [`VhostUserNetError::NoReply`] if the
+/// deadline passed (the request failed because the socket was shut down).
+fn answered<T>(
+    armed: &watchdog::Armed<'_>,
+    path: &Path,
+    result: Result<T, VhostUserNetError>,
+) -> Result<T, VhostUserNetError> {
+    if armed.fired() {
+        return Err(VhostUserNetError::NoReply {
+            path: path.to_path_buf(),
+            seconds: REPLY_TIMEOUT.as_secs(),
+        });
+    }
+    result
 }
 
 impl std::fmt::Debug for VhostUserNet {
@@ -163,8 +183,12 @@ impl VhostUserNet {
                 (Some(listener), stream)
             }
         };
+        let watchdog = watchdog::Watchdog::spawn().map_err(VhostUserNetError::Watchdog)?;
         let mut frontend = Frontend::from_stream(stream, vrings as u64);
-        let negotiated = handshake::negotiate(&mut frontend, socket)?;
+        let negotiated = {
+            let armed = watchdog.arm(frontend.as_raw_fd(), REPLY_TIMEOUT);
+            answered(&armed, socket, handshake::negotiate(&mut frontend, socket))?
+        };
         let calls = (0..vrings)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
@@ -195,6 +219,7 @@ impl VhostUserNet {
             reconnects: 0,
             starts: 0,
             counters: Arc::new(VirtioCounters::default()),
+            watchdog,
         })
     }
 
@@ -258,7 +283,8 @@ impl VhostUserNet {
         if let Some((generation, rings)) = &self.started {
             if Some(*generation) != wanted {
                 if let Some(frontend) = &self.frontend {
-                    // GET_VRING_BASE stops a ring in the back end.
+                    // GET_VRING_BASE stops a ring in the back end (and waits for its answer).
+                    let _armed = self.watchdog.arm(frontend.as_raw_fd(), REPLY_TIMEOUT);
                     for &index in rings {
                         let _ = frontend.get_vring_base(index);
                     }
@@ -294,7 +320,11 @@ impl VhostUserNet {
             calls: &self.calls,
             bases: &bases,
         };
-        let rings = handshake::start(frontend, &self.negotiated, &self.path, &state)?;
+        let rings = {
+            let armed = self.watchdog.arm(frontend.as_raw_fd(), REPLY_TIMEOUT);
+            let result = handshake::start(frontend, &self.negotiated, &self.path, &state);
+            answered(&armed, &self.path, result)?
+        };
         self.started = Some((active.generation, rings));
         self.starts += 1;
         if let Some(active) = self.active.as_mut() {
@@ -325,7 +355,14 @@ impl VhostUserNet {
             },
         };
         let mut frontend = Frontend::from_stream(stream, self.calls.len() as u64);
-        self.negotiated = handshake::negotiate(&mut frontend, &self.path)?;
+        self.negotiated = {
+            let armed = self.watchdog.arm(frontend.as_raw_fd(), REPLY_TIMEOUT);
+            answered(
+                &armed,
+                &self.path,
+                handshake::negotiate(&mut frontend, &self.path),
+            )?
+        };
         self.frontend = Some(frontend);
         self.started = None;
         self.sync_backend()?;

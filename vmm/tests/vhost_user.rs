@@ -463,6 +463,34 @@ fn vhost_user_errors_are_clear_and_early() {
         show(&o)
     );
 
+    // A "back end" that takes the connection and never answers: the VMM gives up after
+    // net_dpdk::REPLY_TIMEOUT with a sentence instead of hanging in GET_FEATURES.
+    let sock = dir.join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let silent = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        // Read what the VMM sends, never answer; EOF comes when the VMM cuts it off.
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut &conn, &mut got);
+        got.len()
+    });
+    let net = format!("vhost-user={}", sock.display());
+    let started = Instant::now();
+    let o = edgevisor(&["run", "--mem", "64M,shared=on", "--net", &net]);
+    let took = started.elapsed();
+    let sent = silent.join().unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        stderr(&o).contains("did not answer within 5 s"),
+        "{}",
+        show(&o)
+    );
+    assert!(sent >= 12, "the VMM sent {sent} bytes: no request at all");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(20),
+        "gave up after {took:?}"
+    );
+
     // Multiqueue is refused with the reason.
     let net = format!("vhost-user={},queues=2", missing.display());
     let o = edgevisor(&["run", "--mem", "64M,shared=on", "--net", &net]);
