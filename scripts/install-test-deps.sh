@@ -14,12 +14,13 @@
 #   prometheus       promtool check metrics and a real Prometheus scraping the agent (agent/tests/metrics_*)
 #   python3-prometheus-client  a strict OpenMetrics parser for agent/tests/metrics_promtool.rs
 #   dpdk-dev         dpdk-testpmd, the real vhost-user back end for net-dpdk/tests
+#   openvswitch-switch-dpdk  ovs-vswitchd-dpdk, a real OVS-DPDK bridge for vmm/tests/ovs_dpdk.rs
 #
 # apt-get update runs first so apt-cache knows the newest linux-image-6.1.0-*-cloud-amd64,
 # which the nested tests download once into <target>/nested-cache/.
 set -euo pipefail
 
-packages=(qemu-system-x86 busybox-static cpio xz-utils lz4 binutils dpkg libc-bin ca-certificates acpica-tools iproute2 prometheus python3-prometheus-client dpdk-dev)
+packages=(qemu-system-x86 busybox-static cpio xz-utils lz4 binutils dpkg libc-bin ca-certificates acpica-tools iproute2 prometheus python3-prometheus-client dpdk-dev openvswitch-switch-dpdk)
 
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then
