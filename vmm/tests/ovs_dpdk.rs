@@ -25,15 +25,6 @@ const VSWITCHD: &str = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk";
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
-fn free_hugepages() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("HugePages_Free:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// A private OVS-DPDK: ovsdb-server and ovs-vswitchd-dpdk with their files in `dir`; both
 /// are stopped and the hugepage pool is put back on drop.
 struct Ovs {
@@ -187,16 +178,6 @@ impl Drop for Ovs {
     }
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
-}
-
 /// A VMM running the probe with `probe.net=on` on a vhost-user socket in server mode.
 fn guest(kernel: &Path, socket: &Path, mac: [u8; 6]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_edgevisor"))
@@ -259,13 +240,6 @@ fn a_frame_crosses_an_ovs_dpdk_bridge_between_two_guests() {
     }
     ovs.add_vhost_port("vhu0", &sock_a);
     let (a, b) = (finish(a), finish(b));
-    let show = |o: &Output| {
-        format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
     let (out_a, out_b) = (show(&a), show(&b));
     assert!(
         out_a.contains("PROBE PASS") && out_a.contains("tx=ok"),
@@ -275,7 +249,7 @@ fn a_frame_crosses_an_ovs_dpdk_bridge_between_two_guests() {
     let expected = format!(
         "rx len={} fnv1a64={:#018x}",
         frame_a.len(),
-        fnv1a64(&frame_a)
+        firmware::fnv1a64(&frame_a)
     );
     assert!(
         out_b.contains("PROBE PASS") && out_b.contains(&expected),

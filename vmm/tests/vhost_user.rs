@@ -30,15 +30,6 @@ const TESTPMD_PAGES: u64 = 64;
 /// the pool back to its old size on drop.
 struct Hugepages(String);
 
-fn free_hugepages() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("HugePages_Free:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 impl Hugepages {
     fn reserve(pages: u64) -> Hugepages {
         let before = std::fs::read_to_string(NR_HUGEPAGES).expect("read nr_hugepages (root?)");
@@ -265,13 +256,6 @@ impl Drop for Vmm {
 
 const MAC_A: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x0a, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x0b, 0x0b];
-
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 fn guest_args(socket: &Path, mac: [u8; 6]) -> Vec<String> {
     vec![

@@ -74,6 +74,21 @@ pub fn show(o: &Output) -> String {
     )
 }
 
+/// A MAC address as `--net ...,mac=` takes it.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// Free 2 MiB hugepages (`HugePages_Free` in /proc/meminfo).
+pub fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// FNV-1a 32-bit, as the probe computes it over the initrd.
 pub fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, b| {
