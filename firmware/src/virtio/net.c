@@ -14,7 +14,6 @@
 #define NET_ETHERTYPE 0x88b5	/* IEEE local experimental ethertype 1 */
 #define NET_TX_MS 2000
 #define NET_RX_MS 5000
-#define NET_FLOOD_FRAMES 10000	/* probe.net=flood: frames sent back to back */
 
 static const char tx_payload[] = "edgevisor-probe-net-tx";
 
@@ -27,9 +26,7 @@ static void put_mac(const u8 *mac)
 	}
 }
 
-#define NET_TRAFFIC_FLOOD 2
-
-/* probe.net=on | off | flood (default off); anything else fails. */
+/* probe.net=on | off (default off); anything else fails. */
 static int net_traffic_wanted(void)
 {
 	const char *v = cmdline_find("probe.net=", 0, 0);
@@ -37,12 +34,9 @@ static int net_traffic_wanted(void)
 		return 0;
 	if (v[0] == 'o' && v[1] == 'n' && word_end(v[2]))
 		return 1;
-	if (v[0] == 'f' && v[1] == 'l' && v[2] == 'o' && v[3] == 'o' && v[4] == 'd' &&
-	    word_end(v[5]))
-		return NET_TRAFFIC_FLOOD;
 	if (v[0] == 'o' && v[1] == 'f' && v[2] == 'f' && word_end(v[3]))
 		return 0;
-	probe_fail("cmdline", "unknown probe.net= value: use on, off or flood");
+	probe_fail("cmdline", "unknown probe.net= value: use on or off");
 }
 
 static void post_rx(struct vdev *d, u32 index)
@@ -104,29 +98,6 @@ void virtio_net_check(struct vdev *d)
 	if (have_mac)
 		for (u32 i = 0; i < 6; i++)
 			mac[i] = config_read8(d, i);
-
-	if (traffic == NET_TRAFFIC_FLOOD) {
-		/* The TX benchmark: one frame at a time, each waited for (kick, then poll the used
-		 * ring), timed with the TSC. Nothing is received. */
-		u64 start = tsc_now();
-		for (u32 i = 0; i < NET_FLOOD_FRAMES; i++)
-			send_frame(d, mac);
-		u64 cycles = tsc_now() - start;
-		u32 khz = tsc_khz_or_0();
-		virtio_reset(d);
-		put_dev_prefix(d, "net");
-		put_str(" mac=");
-		if (have_mac)
-			put_mac(mac);
-		else
-			put_str("none");
-		put_str(" tx=flood frames=");
-		probe_put_dec(NET_FLOOD_FRAMES);
-		put_str(" us=");
-		probe_put_dec(khz ? cycles * 1000 / khz : 0);
-		probe_putc('\n');
-		return;
-	}
 
 	const u8 *frame = 0;
 	u32 rx_len = 0;

@@ -95,11 +95,6 @@ u64 tsc_now(void)
 	return rdtsc();
 }
 
-u32 tsc_khz_or_0(void)
-{
-	return tsc_khz();
-}
-
 void deadline_start(struct deadline *d, u32 ms)
 {
 	u32 khz = tsc_khz();

@@ -41,7 +41,6 @@ void put_hex0x(u64 value);		/* 0x + as few digits as needed */
 void put_hex_fixed(u64 value, u32 digits); /* 0x + exactly `digits` digits */
 u64 fnv1a64(const void *data, usize len);
 u64 tsc_now(void);		/* rdtsc */
-u32 tsc_khz_or_0(void);		/* TSC kHz from the hypervisor leaf, or 0 */
 
 /* A deadline `ms` milliseconds from now: TSC ticks when CPUID 0x40000010 gives the TSC
  * frequency, else a count of polls (one per microsecond, as if). */
