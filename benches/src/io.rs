@@ -575,7 +575,11 @@ fn write_disk(path: &Path) -> Result<(), BenchError> {
                 source,
             })?;
     }
-    Ok(())
+    // On disk now, so the probe's flush check (an fsync) has nothing left to write back.
+    file.sync_all().map_err(|source| BenchError::WriteGuest {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Runs every setup `options.runs` times, interleaved, plus one unmeasured warm-up each.

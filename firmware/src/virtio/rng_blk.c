@@ -4,6 +4,7 @@
 #include "virtio.h"
 
 #define REQUEST_MS 2000
+#define FLUSH_MS 30000	/* a flush is an fsync of the image: slow on a busy host disk */
 
 /* ---- rng ---------------------------------------------------------------------------------- */
 
@@ -82,7 +83,8 @@ static void blk_request(struct blk *b, u32 type, u64 sector, const char *what)
 	if (type != VIRTIO_BLK_T_FLUSH)
 		bufs[n++] = (struct vbuf){(usize)b->data, SECTOR, type == VIRTIO_BLK_T_IN};
 	bufs[n++] = (struct vbuf){(usize)b->status, 1, 1};
-	vq_transact(&b->d->queues[0], bufs, n, REQUEST_MS, what);
+	vq_transact(&b->d->queues[0], bufs, n, type == VIRTIO_BLK_T_FLUSH ? FLUSH_MS : REQUEST_MS,
+		    what);
 	if (*b->status != 0)
 		probe_fail_hex(b->d->check, "a request failed: status=", *b->status);
 }
@@ -115,7 +117,7 @@ void virtio_blk_check(struct vdev *d)
 			    "no answer to a write of sector 1 within 2000 ms at base=");
 		if (flush)
 			blk_request(&b, VIRTIO_BLK_T_FLUSH, 0,
-				    "no answer to a flush within 2000 ms at base=");
+				    "no answer to a flush within 30000 ms at base=");
 		memset(b.data, 0, SECTOR);
 		blk_request(&b, VIRTIO_BLK_T_IN, 1,
 			    "no answer to a read of sector 1 within 2000 ms at base=");
