@@ -9,7 +9,8 @@
 //!
 //! The thread is started with the device (on the main thread, before the VMM's filters are
 //! installed) and installs its own seccomp filter first: futexes, `shutdown`, clocks and
-//! thread exit; anything else fails with EPERM.
+//! thread exit; anything else fails with EPERM. Where no filter can be installed it warns and
+//! runs anyway.
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
@@ -68,9 +69,10 @@ impl Watchdog {
         let thread = std::thread::Builder::new()
             .name("vhost-watchdog".into())
             .spawn(move || {
+                // Without its filter (qemu-user, for one, has no seccomp) it still runs: a
+                // missing deadline would let a silent back end hang the VMM.
                 if let Err(e) = seccompiler::apply_filter(&filter) {
                     eprintln!("edgevisor: vhost-user watchdog: seccomp filter not installed: {e}");
-                    return;
                 }
                 watch(&theirs);
             })?;
