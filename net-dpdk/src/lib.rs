@@ -162,7 +162,26 @@ fn random_mac() -> [u8; 6] {
 impl VhostUserNet {
     /// Connects to (client) or waits for (server) the back end at `socket`, takes ownership
     /// of the session and negotiates features. `queues` is the number of RX/TX pairs.
+    /// In server mode a failure removes the socket file it created, so nothing is left behind.
     pub fn connect(
+        socket: &Path,
+        mode: Mode,
+        mac: Option<[u8; 6]>,
+        queues: u16,
+    ) -> Result<VhostUserNet, VhostUserNetError> {
+        let result = Self::connect_inner(socket, mode, mac, queues);
+        if result.is_err() && mode == Mode::Server {
+            use std::os::unix::fs::FileTypeExt;
+            // listen() replaced any stale socket with its own: a socket there now is ours.
+            let ours = std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
+            if ours {
+                let _ = std::fs::remove_file(socket);
+            }
+        }
+        result
+    }
+
+    fn connect_inner(
         socket: &Path,
         mode: Mode,
         mac: Option<[u8; 6]>,
@@ -549,5 +568,55 @@ impl VirtioDevice for VhostUserNet {
 
     fn counters(&self) -> Arc<VirtioCounters> {
         self.counters.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_silent_backend_in_server_mode_is_cut_off_and_its_socket_file_removed() {
+        let dir = std::env::temp_dir().join(format!("net-dpdk-silent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("vm.sock");
+        // The "back end" connects (as testpmd with client=1 would), reads, never answers.
+        let path = socket.clone();
+        let peer = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let conn = loop {
+                match UnixStream::connect(&path) {
+                    Ok(conn) => break conn,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => panic!("connect {}: {e}", path.display()),
+                }
+            };
+            let mut got = Vec::new();
+            let _ = (&conn).read_to_end(&mut got);
+            got.len()
+        });
+        let started = std::time::Instant::now();
+        let err = VhostUserNet::connect(&socket, Mode::Server, None, 1).unwrap_err();
+        let took = started.elapsed();
+        assert!(peer.join().unwrap() > 0, "no request was sent");
+        assert!(
+            matches!(err, VhostUserNetError::NoReply { seconds: 5, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("did not answer within 5 s"),
+            "{err}"
+        );
+        assert!(
+            took >= REPLY_TIMEOUT && took < Duration::from_secs(15),
+            "{took:?}"
+        );
+        assert!(!socket.exists(), "the socket file was left behind");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
