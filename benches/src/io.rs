@@ -37,7 +37,7 @@ use crate::error::BenchError;
 use crate::measure::measure;
 use crate::report::Figure;
 use crate::stats::ratio;
-use crate::systems::{GuestFile, System, EXPECTED_EXIT_CODE, QEMU_CPU};
+use crate::systems::{qemu_base_argv, GuestFile, System, EXPECTED_EXIT_CODE};
 
 /// Guest RAM: the probe's block buffers sit at 8-16 MiB.
 pub const IO_GUEST_MEM_MIB: u64 = 64;
@@ -504,31 +504,8 @@ pub fn io_argv(
             }
         }
         System::Qemu => {
-            argv.push(options.qemu.clone().into());
-            argv.extend(
-                [
-                    "-M",
-                    QEMU_IO_MACHINE,
-                    "-accel",
-                    "kvm",
-                    "-cpu",
-                    QEMU_CPU,
-                    "-smp",
-                    "1",
-                    "-nodefaults",
-                    "-no-user-config",
-                    "-nographic",
-                    "-display",
-                    "none",
-                    "-serial",
-                    "stdio",
-                    "-device",
-                    "isa-debug-exit,iobase=0x501,iosize=1",
-                    "-global",
-                    "virtio-mmio.force-legacy=false",
-                ]
-                .map(OsString::from),
-            );
+            argv.extend(qemu_base_argv(&options.qemu, QEMU_IO_MACHINE));
+            argv.extend(["-global", "virtio-mmio.force-legacy=false"].map(OsString::from));
             match setup.net {
                 NetPath::Tap => {
                     argv.extend(["-m".into(), mem.into(), "-drive".into()]);

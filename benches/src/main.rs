@@ -90,10 +90,7 @@ struct IoArgs {
 }
 
 fn io(args: IoArgs) -> Result<(), BenchError> {
-    let edgevisor = match args.edgevisor {
-        Some(path) => path,
-        None => benches::locate::build_edgevisor(&benches::locate::workspace_root())?,
-    };
+    let edgevisor = given_or_built(args.edgevisor)?;
     let options = IoOptions {
         runs: usize::from(args.runs),
         only: args.only,
@@ -141,11 +138,16 @@ struct MemoryArgs {
     json: Option<PathBuf>,
 }
 
+/// `--edgevisor PATH` if given, else `cargo build --release -p vmm --bin edgevisor`.
+fn given_or_built(edgevisor: Option<PathBuf>) -> Result<PathBuf, BenchError> {
+    match edgevisor {
+        Some(path) => Ok(path),
+        None => benches::locate::build_edgevisor(&benches::locate::workspace_root()),
+    }
+}
+
 fn memory(args: MemoryArgs) -> Result<(), BenchError> {
-    let edgevisor = match args.edgevisor {
-        Some(path) => path,
-        None => benches::locate::build_edgevisor(&benches::locate::workspace_root())?,
-    };
+    let edgevisor = given_or_built(args.edgevisor)?;
     let options = MemoryOptions {
         runs: usize::from(args.runs),
         mem_mib: args.mem_mib,

@@ -145,19 +145,18 @@ pub fn edgevisor_argv(binary: &Path, kernel: &Path) -> Vec<OsString> {
     ]
 }
 
-/// QEMU microvm booting `kernel` with `-kernel`, serial on stdout, isa-debug-exit at 0x501.
-pub fn qemu_argv(binary: &Path, kernel: &Path) -> Vec<OsString> {
+/// `binary` with what every bench's QEMU run shares: microvm as `machine` says, KVM, one vCPU
+/// of [`QEMU_CPU`], no default devices, serial on stdout and isa-debug-exit at 0x501.
+pub fn qemu_base_argv(binary: &Path, machine: &str) -> Vec<OsString> {
     let mut argv: Vec<OsString> = vec![binary.into()];
     argv.extend(
         [
             "-M",
-            QEMU_MACHINE,
+            machine,
             "-accel",
             "kvm",
             "-cpu",
             QEMU_CPU,
-            "-m",
-            GUEST_MEM,
             "-smp",
             "1",
             "-nodefaults",
@@ -169,10 +168,16 @@ pub fn qemu_argv(binary: &Path, kernel: &Path) -> Vec<OsString> {
             "stdio",
             "-device",
             "isa-debug-exit,iobase=0x501,iosize=1",
-            "-kernel",
         ]
         .map(OsString::from),
     );
+    argv
+}
+
+/// QEMU microvm booting `kernel` with `-kernel`, serial on stdout, isa-debug-exit at 0x501.
+pub fn qemu_argv(binary: &Path, kernel: &Path) -> Vec<OsString> {
+    let mut argv = qemu_base_argv(binary, QEMU_MACHINE);
+    argv.extend(["-m", GUEST_MEM, "-kernel"].map(OsString::from));
     argv.push(kernel.into());
     argv.push("-append".into());
     argv.push(PROBE_CMDLINE.into());
