@@ -22,6 +22,7 @@
 mod error;
 mod handshake;
 pub mod sriov;
+pub mod vfio;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
