@@ -177,6 +177,10 @@ pub enum VfioError {
         /// The group.
         group: u32,
     },
+    /// SET_IOMMU failed with EPERM: the type 1 IOMMU's answer when there is no interrupt
+    /// remapping.
+    #[error("VFIO refused to set the type 1 IOMMU (EPERM), which it does when the host's IOMMU has no interrupt remapping (dmesg says so): enable interrupt remapping, or, accepting that the device can forge interrupts, load vfio_iommu_type1 with allow_unsafe_interrupts=1")]
+    NoInterruptRemapping,
     /// A VFIO ioctl failed.
     #[error("VFIO refused to {what}: {source}")]
     Ioctl {
@@ -296,7 +300,14 @@ impl Container {
             let kind = self.iommu_type()?;
             // SAFETY: VFIO_SET_IOMMU takes the IOMMU type by value.
             if unsafe { ioctl_with_val(&self.file, sys::SET_IOMMU(), kind) } < 0 {
-                return Err(ioctl_error("set the type 1 IOMMU on the container"));
+                let source = io::Error::last_os_error();
+                if source.raw_os_error() == Some(libc::EPERM) {
+                    return Err(VfioError::NoInterruptRemapping);
+                }
+                return Err(VfioError::Ioctl {
+                    what: "set the type 1 IOMMU on the container".into(),
+                    source,
+                });
             }
             state.iommu = Some(kind);
         }

@@ -118,11 +118,27 @@ mod kvm_ioctl {
     );
     #[cfg(target_arch = "x86_64")]
     vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, b';' as std::os::raw::c_uint, 110);
+    // The last vCPU thread to end drops the PCI bus and with it the VFIO objects: their
+    // teardown turns the interrupts off (SET_IRQS), unmaps guest RAM from the IOMMU and takes
+    // the group out of the container.
+    #[cfg(target_arch = "x86_64")]
+    vmm_sys_util::ioctl_io_nr!(
+        VFIO_GROUP_UNSET_CONTAINER,
+        b';' as std::os::raw::c_uint,
+        105
+    );
+    #[cfg(target_arch = "x86_64")]
+    vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, b';' as std::os::raw::c_uint, 114);
 
     /// The extra ioctls of a vCPU thread serving passed-through functions.
     #[cfg(target_arch = "x86_64")]
     pub fn passthrough() -> Vec<u64> {
-        vec![KVM_SET_GSI_ROUTING(), VFIO_DEVICE_SET_IRQS()]
+        vec![
+            KVM_SET_GSI_ROUTING(),
+            VFIO_DEVICE_SET_IRQS(),
+            VFIO_GROUP_UNSET_CONTAINER(),
+            VFIO_IOMMU_UNMAP_DMA(),
+        ]
     }
 
     /// The extra ioctls of a vCPU thread serving passed-through functions.
@@ -537,5 +553,23 @@ mod tests {
             assert!(!compile(kind).unwrap().is_empty());
             assert!(!rules(kind).unwrap().contains_key(&libc::SYS_getcwd));
         }
+    }
+
+    #[test]
+    fn only_a_passthrough_vm_lets_vcpus_reach_device_fds() {
+        let plain = rules(ThreadKind::Vcpu).unwrap();
+        let vfio = rules_with(ThreadKind::Vcpu, true).unwrap();
+        for nr in [libc::SYS_pread64, libc::SYS_pwrite64] {
+            assert!(!plain.contains_key(&nr), "{nr}");
+            assert!(vfio.contains_key(&nr), "{nr}");
+        }
+        assert_eq!(
+            vfio[&libc::SYS_ioctl].len(),
+            kvm_ioctl::all().len() + kvm_ioctl::passthrough().len()
+        );
+        // Other thread kinds are not widened.
+        let main = rules_with(ThreadKind::Main, true).unwrap();
+        assert!(!main.contains_key(&libc::SYS_pwrite64));
+        assert!(!compile_with(ThreadKind::Vcpu, true).unwrap().is_empty());
     }
 }
