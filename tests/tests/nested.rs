@@ -7,6 +7,9 @@
 //! failing test quotes just its step's output. The Debian kernel boots as an L2 guest three ways:
 //! the bzImage through its 64-bit entry on two vCPUs, and the ELF vmlinux unpacked from it through
 //! its PVH entry on two vCPUs and through its 64-bit ELF entry (with a zero page) on one.
+//! L1 is QEMU's q35 machine with an emulated Intel IOMMU and QEMU's `edu` PCI device, so one
+//! step (`vfio-edu`) can pass edu through to a probe guest with `--device vfio=`: L1 loads the
+//! cloud kernel's VFIO modules and binds edu to vfio-pci; the step itself takes about 1.5 s.
 //! Needs: scripts/install-test-deps.sh (QEMU, busybox-static, cpio, xz, lz4, binutils) and apt
 //! lists that know a linux-image-6.1.0-*-cloud-amd64 package; the kernel is downloaded once into
 //! `<target>/nested-cache/` and its vmlinux is unpacked beside it.
