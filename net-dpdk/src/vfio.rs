@@ -588,6 +588,11 @@ impl Device {
         Ok(())
     }
 
+    /// The IOMMU group the device belongs to.
+    pub fn group(&self) -> &Arc<Group> {
+        &self._group
+    }
+
     /// The device fd (for the seccomp filter's argument checks).
     pub fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()

@@ -31,10 +31,11 @@ use devices::pci::{
     INTERRUPT_LINE, ROM_BAR,
 };
 use kvm_bindings::{
-    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_irq_routing_entry,
+    KvmIrqRouting, KVM_DEV_VFIO_GROUP, KVM_DEV_VFIO_GROUP_ADD, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{DeviceFd, Kvm, VmFd};
 use net_dpdk::sriov::{self, Bdf, SriovError};
 use net_dpdk::vfio::{self, Container, Device, Group, RegionInfo, VfioError};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -298,6 +299,7 @@ pub fn build_bus(
             }
         })?))
     };
+    let kvm_vfio = kvm_vfio_device(&functions, vm_fd)?;
     for mut opened in functions {
         let bdf = opened.device.bdf().to_string();
         allocator
@@ -307,11 +309,56 @@ pub fn build_bus(
                 source,
             })?;
         let Some(router) = &router else { break };
-        let function = VfioPciFunction::new(opened, router.clone(), vm_fd)?;
+        let mut function = VfioPciFunction::new(opened, router.clone(), vm_fd)?;
+        function._kvm_vfio = kvm_vfio.clone();
         bus.add(Arc::new(Mutex::new(function)))
             .ok_or(PassthroughError::BusFull)?;
     }
     Ok(PciPlatform { bus: Arc::new(bus) })
+}
+
+/// KVM's VFIO pseudo device with every group added: KVM then knows the VM does DMA through
+/// VFIO (on an IOMMU without snoop control it honours the guest's WBINVD, and it lets
+/// VFIO and KVM share the IOMMU group's state). Kept open as long as the functions live.
+fn kvm_vfio_device(
+    functions: &[OpenedFunction],
+    vm_fd: &VmFd,
+) -> Result<Option<Arc<DeviceFd>>, PassthroughError> {
+    let Some(first) = functions.first() else {
+        return Ok(None);
+    };
+    let kvm_err = |what, source| PassthroughError::Kvm {
+        bdf: first.device.bdf().to_string(),
+        what,
+        source,
+    };
+    let mut create = kvm_create_device {
+        type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
+        fd: 0,
+        flags: 0,
+    };
+    let device = vm_fd
+        .create_device(&mut create)
+        .map_err(|e| kvm_err("create its VFIO pseudo device", e))?;
+    let mut added: Vec<u32> = Vec::new();
+    for f in functions {
+        let group = f.device.group();
+        if added.contains(&group.id()) {
+            continue;
+        }
+        let fd: i32 = group.as_raw_fd();
+        let attr = kvm_device_attr {
+            flags: 0,
+            group: KVM_DEV_VFIO_GROUP,
+            attr: u64::from(KVM_DEV_VFIO_GROUP_ADD),
+            addr: &fd as *const i32 as u64,
+        };
+        device
+            .set_device_attr(&attr)
+            .map_err(|e| kvm_err("add an IOMMU group to its VFIO pseudo device", e))?;
+        added.push(group.id());
+    }
+    Ok(Some(Arc::new(device)))
 }
 
 /// The GSI routing table: the irqchip's default routes plus one MSI route per live vector.
@@ -432,6 +479,8 @@ pub struct VfioPciFunction {
     /// The VFIO interrupt index now routed to the eventfds, and how many vectors.
     active: Option<(u32, usize)>,
     router: Arc<GsiRouter>,
+    /// KVM's VFIO pseudo device, shared by the VM's functions.
+    _kvm_vfio: Option<Arc<DeviceFd>>,
     // Declared after `device`: guest RAM stays mapped until the DMA mapping is gone.
     _mem: GuestMemoryMmap,
 }
@@ -499,6 +548,7 @@ impl VfioPciFunction {
             vectors,
             active: None,
             router,
+            _kvm_vfio: None,
             _mem: mem,
         })
     }
