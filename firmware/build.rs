@@ -25,7 +25,15 @@ const SOURCES: &[&str] = &[
 ];
 
 /// C sources of the virtio driver in `src/virtio`, each compiled to `virtio_<name>.o`.
-const C_SOURCES: &[&str] = &["runtime", "transport", "rng_blk", "net", "vsock", "bench"];
+const C_SOURCES: &[&str] = &[
+    "runtime",
+    "transport",
+    "rng_blk",
+    "net",
+    "vsock",
+    "bench",
+    "pci",
+];
 
 /// Headers of the C sources.
 const C_HEADERS: &[&str] = &["virtio.h"];

@@ -18,6 +18,7 @@ pub mod exit_ports;
 pub mod i8042;
 pub mod legacy;
 pub mod log;
+pub mod pci;
 pub mod pl011;
 pub mod post;
 pub mod rtc;

@@ -22,6 +22,7 @@
 mod error;
 mod handshake;
 pub mod sriov;
+pub mod vfio;
 mod watchdog;
 
 use std::os::fd::{AsRawFd, RawFd};

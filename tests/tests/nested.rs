@@ -7,6 +7,9 @@
 //! failing test quotes just its step's output. The Debian kernel boots as an L2 guest three ways:
 //! the bzImage through its 64-bit entry on two vCPUs, and the ELF vmlinux unpacked from it through
 //! its PVH entry on two vCPUs and through its 64-bit ELF entry (with a zero page) on one.
+//! L1 is QEMU's q35 machine with an emulated Intel IOMMU and QEMU's `edu` PCI device, so one
+//! step (`vfio-edu`) can pass edu through to a probe guest with `--device vfio=`: L1 loads the
+//! cloud kernel's VFIO modules and binds edu to vfio-pci; the step itself takes about 1.5 s.
 //! Needs: scripts/install-test-deps.sh (QEMU, busybox-static, cpio, xz, lz4, binutils) and apt
 //! lists that know a linux-image-6.1.0-*-cloud-amd64 package; the kernel is downloaded once into
 //! `<target>/nested-cache/` and its vmlinux is unpacked beside it.
@@ -144,6 +147,30 @@ echo \"EXIT=$rc\"
 exit $rc
 ";
 
+/// `--device vfio=`: L1 loads VFIO, binds QEMU's edu device (behind QEMU's Intel IOMMU) to
+/// vfio-pci with `edgevisor sriov bind-vfio`, and edgevisor passes it through to the probe,
+/// which finds it on its PCI bus, reads its ID register and computes a factorial through
+/// BAR 0, has it DMA through the IOMMU mapping of guest RAM and waits for its MSI.
+const VFIO_STEP: &str = "vfio-edu";
+const VFIO_SCRIPT: &str = "status=0
+for m in vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci; do
+  insmod /vfio/$m.ko || { echo \"insmod $m failed\"; status=1; }
+done
+bdf=
+for d in /sys/bus/pci/devices/*; do
+  [ \"$(cat $d/vendor) $(cat $d/device)\" = '0x1234 0x11e8' ] && bdf=${d##*/}
+done
+echo \"EDU-BDF=$bdf IOMMU-GROUPS=$(ls /sys/kernel/iommu_groups | wc -l)\"
+if [ -z \"$bdf\" ] || [ $status != 0 ]; then dmesg | grep -i -e dmar -e iommu -e vfio | tail -20; exit 1; fi
+edgevisor sriov bind-vfio $bdf
+edgevisor sriov check $bdf
+edgevisor run --device vfio=$bdf --cmdline \"probe.pci probe.edu probe.exit=poweroff\" --timings
+rc=$?
+echo \"EXIT=$rc\"
+dmesg | grep -i -e vfio -e dmar | tail -8
+exit $rc
+";
+
 /// Runs `command`, prints `EXIT=<status>` and exits with that status.
 fn exit_recorded(command: &str) -> String {
     format!("{command}\nrc=$?\necho \"EXIT=$rc\"\nexit $rc\n")
@@ -202,6 +229,15 @@ fn boot_l1() -> Result<Boot, NestedError> {
         l1.step(Step::new(l2_boot.step, &script).with_timeout(L2_SECS))?;
     }
     l1.step(Step::new(L2_VIRTIO_STEP, L2_VIRTIO_SCRIPT).with_timeout(120))?;
+    l1.with_edu_behind_an_iommu();
+    for module in &kernel.vfio_modules {
+        let name = module
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        l1.initramfs().add_file(&format!("/vfio/{name}"), module)?;
+    }
+    l1.step(Step::new(VFIO_STEP, VFIO_SCRIPT).with_timeout(90))?;
 
     let run = l1.boot(work.path(), L1_BOOT_ALLOWANCE)?;
     eprintln!(
@@ -385,6 +421,39 @@ fn debian_vmlinux_boots_to_init_through_pvh_on_two_vcpus() {
 #[test]
 fn debian_vmlinux_boots_to_init_through_its_64_bit_elf_entry() {
     assert_l2_boot(&L2_ELF64);
+}
+
+#[test]
+fn edu_passed_through_with_vfio_answers_the_probe_with_dma_and_msi() {
+    let out = step(VFIO_STEP);
+    let has = |needle: &str| out.has_line_containing(needle);
+    assert!(!has("failed"), "{}", show(&out));
+    let bdf = out
+        .output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("EDU-BDF="))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("L1 has no edu function: {}", show(&out)))
+        .to_string();
+    // The probe sees the host bridge, then edu with its 1 MiB BAR in the PCI window.
+    assert!(
+        has("probe: pci 00:00.0 8086:0d57 class=060000"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        has("probe: pci 00:01.0 1234:11e8 class=00ff00 bar0=mem32@0xc0000000+0x100000"),
+        "{bdf}: {}",
+        show(&out)
+    );
+    assert!(
+        has("probe: edu id=0x010000ed factorial(5)=120 dma=256 msi=0x40"),
+        "{}",
+        show(&out)
+    );
+    assert!(has("PROBE PASS"), "{}", show(&out));
+    assert!(has("EXIT=0"), "{}", show(&out));
+    assert_eq!(out.rc, 0, "{}", show(&out));
 }
 
 #[test]

@@ -67,6 +67,18 @@ pub enum ConfigError {
         /// The first vhost-user socket configured.
         socket: PathBuf,
     },
+    /// A `--device vfio=` address that does not parse.
+    #[error("--device vfio={bdf}: {source}")]
+    VfioAddress {
+        /// What was given.
+        bdf: String,
+        /// Why it is not an address.
+        #[source]
+        source: net_dpdk::sriov::SriovError,
+    },
+    /// Passthrough asked for on an architecture without it yet.
+    #[error("--device vfio= is not supported on this architecture yet (x86_64 only): remove it")]
+    VfioUnsupported,
     /// A Firecracker section we do not implement yet.
     #[error("config file {path}: {what} is not supported by edgevisor yet: remove it")]
     Unsupported {
@@ -145,6 +157,13 @@ pub struct VmConfig {
     /// A virtio-rng device.
     #[serde(default)]
     pub rng: bool,
+    /// PCI functions passed through with VFIO (`DDDD:BB:DD.F` or `BB:DD.F`), in order.
+    #[serde(default)]
+    pub vfio: Vec<String>,
+    /// Give the guest a PCI bus (host bridge only) even without `vfio` functions. For tests
+    /// of the bus itself; `vfio` functions always bring the bus.
+    #[serde(default)]
+    pub pci: bool,
 }
 
 fn default_mem_mib() -> u64 {
@@ -177,6 +196,8 @@ impl Default for VmConfig {
             vhost_user_nets: Vec::new(),
             vsock: None,
             rng: false,
+            vfio: Vec::new(),
+            pci: false,
         }
     }
 }
@@ -257,6 +278,17 @@ impl VmConfig {
         if let Some(vsock) = &self.vsock {
             vsock.validate()?;
         }
+        for bdf in &self.vfio {
+            if let Err(source) = bdf.parse::<net_dpdk::sriov::Bdf>() {
+                return Err(ConfigError::VfioAddress {
+                    bdf: bdf.clone(),
+                    source,
+                });
+            }
+        }
+        if cfg!(not(target_arch = "x86_64")) && (!self.vfio.is_empty() || self.pci) {
+            return Err(ConfigError::VfioUnsupported);
+        }
         let count = self.virtio_device_count();
         if count > crate::virtio::MAX_DEVICES {
             return Err(DeviceConfigError::TooMany {
@@ -266,6 +298,11 @@ impl VmConfig {
             .into());
         }
         Ok(())
+    }
+
+    /// Whether the guest gets a PCI bus.
+    pub fn wants_pci(&self) -> bool {
+        self.pci || !self.vfio.is_empty()
     }
 
     /// How many virtio devices the config asks for.

@@ -52,6 +52,23 @@ pub enum DeviceConfigError {
     },
 }
 
+/// The function address of a `--device vfio=BDF` option (checked by `VmConfig::validate`).
+pub fn parse_device(input: &str) -> Result<String, DeviceConfigError> {
+    match input.split_once('=') {
+        Some(("vfio", bdf)) if !bdf.is_empty() && !bdf.contains(',') => Ok(bdf.to_string()),
+        Some(("vfio", _)) => Err(DeviceConfigError::Syntax {
+            option: "device",
+            input: input.to_string(),
+            problem: "give one PCI address, e.g. vfio=0000:01:00.1".into(),
+        }),
+        _ => Err(DeviceConfigError::Syntax {
+            option: "device",
+            input: input.to_string(),
+            problem: "the only device kind is vfio=BDF (a PCI function bound to vfio-pci)".into(),
+        }),
+    }
+}
+
 /// How a disk's writes reach the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

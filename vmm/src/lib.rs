@@ -17,6 +17,8 @@ pub mod config;
 pub mod device_config;
 pub mod exit;
 pub mod jail;
+#[cfg(target_arch = "x86_64")]
+pub mod passthrough;
 pub mod seccomp;
 pub mod state;
 pub mod timings;

@@ -137,6 +137,14 @@ struct RunArgs {
     /// A virtio-rng device fed from the host's getrandom.
     #[arg(long, conflicts_with = "config")]
     rng: bool,
+    /// A PCI function passed through with VFIO: vfio=BDF (DDDD:BB:DD.F or BB:DD.F), bound to
+    /// vfio-pci in a viable IOMMU group; repeatable. The guest gets a PCI bus (ports
+    /// 0xCF8/0xCFC) with the function's BARs in 0xc0000000-0xd0000000 and MSI/MSI-X.
+    #[arg(long, conflicts_with = "config")]
+    device: Vec<String>,
+    /// Give the guest a PCI bus with only its host bridge (for tests of the bus).
+    #[arg(long, hide = true, conflicts_with = "config")]
+    pci_bus: bool,
     /// A Firecracker --config-file JSON document (boot-source, machine-config, drives,
     /// network-interfaces, vsock, entropy).
     #[arg(long)]
@@ -204,6 +212,12 @@ fn build_config(args: &RunArgs) -> Result<VmConfig, VmError> {
         config.vsock = Some(VsockConfig::parse(vsock).map_err(device_err)?);
     }
     config.rng = args.rng;
+    for device in &args.device {
+        config
+            .vfio
+            .push(vmm::device_config::parse_device(device).map_err(device_err)?);
+    }
+    config.pci = args.pci_bus;
     // Vm::new validates the config before creating anything.
     Ok(config)
 }

@@ -107,6 +107,46 @@ mod kvm_ioctl {
         vec![KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS(), KVM_TRANSLATE()]
     }
 
+    // With `--device vfio=`, a guest write to an MSI/MSI-X capability or table makes the
+    // vCPU rewrite the GSI routing table and tell VFIO which eventfds to signal.
+    #[cfg(target_arch = "x86_64")]
+    vmm_sys_util::ioctl_iow_nr!(
+        KVM_SET_GSI_ROUTING,
+        KVMIO,
+        0x6a,
+        kvm_bindings::kvm_irq_routing
+    );
+    #[cfg(target_arch = "x86_64")]
+    vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, b';' as std::os::raw::c_uint, 110);
+    // The last vCPU thread to end drops the PCI bus and with it the VFIO objects: their
+    // teardown turns the interrupts off (SET_IRQS), unmaps guest RAM from the IOMMU and takes
+    // the group out of the container.
+    #[cfg(target_arch = "x86_64")]
+    vmm_sys_util::ioctl_io_nr!(
+        VFIO_GROUP_UNSET_CONTAINER,
+        b';' as std::os::raw::c_uint,
+        105
+    );
+    #[cfg(target_arch = "x86_64")]
+    vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, b';' as std::os::raw::c_uint, 114);
+
+    /// The extra ioctls of a vCPU thread serving passed-through functions.
+    #[cfg(target_arch = "x86_64")]
+    pub fn passthrough() -> Vec<u64> {
+        vec![
+            KVM_SET_GSI_ROUTING(),
+            VFIO_DEVICE_SET_IRQS(),
+            VFIO_GROUP_UNSET_CONTAINER(),
+            VFIO_IOMMU_UNMAP_DMA(),
+        ]
+    }
+
+    /// The extra ioctls of a vCPU thread serving passed-through functions.
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn passthrough() -> Vec<u64> {
+        Vec::new()
+    }
+
     /// Every KVM ioctl a vCPU thread may make.
     #[cfg(target_arch = "aarch64")]
     pub fn all() -> Vec<u64> {
@@ -249,9 +289,15 @@ fn masked_rule(
     SeccompRule::new(vec![cond]).map_err(build_error(kind))
 }
 
-fn ioctl_rules(kind: ThreadKind) -> Result<Vec<SeccompRule>, SeccompError> {
+fn ioctl_rules(kind: ThreadKind, passthrough: bool) -> Result<Vec<SeccompRule>, SeccompError> {
+    let extra = if passthrough {
+        kvm_ioctl::passthrough()
+    } else {
+        Vec::new()
+    };
     kvm_ioctl::all()
         .into_iter()
+        .chain(extra)
         // The kernel takes the request as an unsigned int: compare all of the low 32 bits.
         .map(|request| masked_rule(kind, 1, u64::from(u32::MAX), request))
         .collect()
@@ -259,6 +305,17 @@ fn ioctl_rules(kind: ThreadKind) -> Result<Vec<SeccompRule>, SeccompError> {
 
 /// The rules of a thread kind: syscall number to argument rules (empty = any arguments).
 pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+    rules_with(kind, false)
+}
+
+/// The rules of a thread kind; with `passthrough` (a VM with `--device vfio=`), vCPU threads
+/// may also pread/pwrite (configuration space and BARs of the device fds) and issue the
+/// ioctls that re-route MSI vectors.
+pub fn rules_with(
+    kind: ThreadKind,
+    passthrough: bool,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+    let passthrough = passthrough && kind == ThreadKind::Vcpu;
     let extra = match kind {
         ThreadKind::Vcpu => &[][..],
         ThreadKind::Main => MAIN_SYSCALLS,
@@ -281,7 +338,11 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Seccom
     let all = u64::from(u32::MAX);
     rules.insert(libc::SYS_fcntl, vec![masked_rule(kind, 1, all, getfd)?]);
     if kind == ThreadKind::Vcpu {
-        rules.insert(libc::SYS_ioctl, ioctl_rules(kind)?);
+        rules.insert(libc::SYS_ioctl, ioctl_rules(kind, passthrough)?);
+    }
+    if passthrough {
+        rules.insert(libc::SYS_pread64, Vec::new());
+        rules.insert(libc::SYS_pwrite64, Vec::new());
     }
     if kind == ThreadKind::EventLoop {
         let unix = libc::AF_UNIX as u64;
@@ -292,8 +353,13 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Seccom
 
 /// Compiles the filter of a thread kind: allow its rules, trap everything else.
 pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    compile_with(kind, false)
+}
+
+/// Compiles the filter of a thread kind, with the passthrough additions of [`rules_with`].
+pub fn compile_with(kind: ThreadKind, passthrough: bool) -> Result<BpfProgram, SeccompError> {
     let filter = SeccompFilter::new(
-        rules(kind)?,
+        rules_with(kind, passthrough)?,
         SeccompAction::Trap,
         SeccompAction::Allow,
         TARGET_ARCH,
@@ -487,5 +553,23 @@ mod tests {
             assert!(!compile(kind).unwrap().is_empty());
             assert!(!rules(kind).unwrap().contains_key(&libc::SYS_getcwd));
         }
+    }
+
+    #[test]
+    fn only_a_passthrough_vm_lets_vcpus_reach_device_fds() {
+        let plain = rules(ThreadKind::Vcpu).unwrap();
+        let vfio = rules_with(ThreadKind::Vcpu, true).unwrap();
+        for nr in [libc::SYS_pread64, libc::SYS_pwrite64] {
+            assert!(!plain.contains_key(&nr), "{nr}");
+            assert!(vfio.contains_key(&nr), "{nr}");
+        }
+        assert_eq!(
+            vfio[&libc::SYS_ioctl].len(),
+            kvm_ioctl::all().len() + kvm_ioctl::passthrough().len()
+        );
+        // Other thread kinds are not widened.
+        let main = rules_with(ThreadKind::Main, true).unwrap();
+        assert!(!main.contains_key(&libc::SYS_pwrite64));
+        assert!(!compile_with(ThreadKind::Vcpu, true).unwrap().is_empty());
     }
 }

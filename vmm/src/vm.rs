@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::{acpi, cpu, cpuid, layout, loader, mptable};
 use crate::config::{ConfigError, KernelSource, VmConfig};
 use crate::exit::ExitReason;
+use crate::passthrough::{self, PassthroughError, PciPlatform};
 use crate::seccomp::{self, ThreadKind};
 use crate::state::{CountersReport, Shared, VmState};
 use crate::timings::{BootTimings, Phase, TimingsReport};
@@ -103,6 +104,9 @@ pub enum VmError {
     /// A virtio device could not be set up.
     #[error(transparent)]
     Virtio(#[from] VirtioError),
+    /// A `--device vfio=` function could not be passed through.
+    #[error(transparent)]
+    Passthrough(#[from] PassthroughError),
     /// The device event loop could not start.
     #[error(transparent)]
     EventLoop(#[from] devices::virtio::event_loop::EventLoopError),
@@ -161,6 +165,8 @@ pub struct Vm {
     boot_timer: Arc<devices::BootTimerStamp>,
     summary: BootSummary,
     seccomp: bool,
+    /// vCPUs serve passed-through functions (their seccomp filter allows it).
+    passthrough: bool,
     virtio_subscribers: Vec<DeviceSubscriber>,
     virtio_counters: VirtioCounterList,
 }
@@ -349,6 +355,7 @@ fn prepare_guest(
     guest: &GuestInputs,
     shared: &Arc<Shared>,
     console: Box<dyn Write + Send>,
+    pci: Option<&PciPlatform>,
 ) -> Result<PreparedGuest, VmError> {
     let supported_cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -366,7 +373,7 @@ fn prepare_guest(
     let vcpus = shared.vcpu_count() as u8;
     mptable::write(mem, vcpus)?;
     acpi::write(mem, vcpus, &virtio::acpi_devices(guest.virtio_devices))?;
-    let devices = build_devices(vm_fd, shared, console)?;
+    let devices = build_devices(vm_fd, shared, console, pci)?;
     Ok(PreparedGuest {
         boot,
         devices,
@@ -464,16 +471,24 @@ impl Vm {
         // exists: a short hugepage pool or a missing node leaves nothing behind.
         let placement = Placement::resolve(config)?;
         let mem = placement.map_memory(config)?;
+        // Passed-through functions are checked, opened and DMA-mapped before KVM exists.
+        let functions = passthrough::open(&config.vfio, &mem, Path::new("/"))?;
         let shared = Arc::new(Shared::new(config.vcpus as usize, BootTimings::new(start)));
         let kvm = open_kvm()?;
         let vm_fd = create_vm(&kvm, &mem)?;
+        // The PCI bus exists only when asked for: the default boot path does not change.
+        let pci = config
+            .wants_pci()
+            .then(|| passthrough::build_bus(functions, &kvm, &vm_fd))
+            .transpose()?;
 
         // The in-kernel PIT starts a kernel worker thread while holding the VM's lock, which
         // costs milliseconds here; create it while this thread loads the guest and builds
         // the devices, and join before the vCPUs (which need that lock).
         let (pit, prepared) = std::thread::scope(|scope| {
             let pit = scope.spawn(|| create_pit(&vm_fd));
-            let prepared = prepare_guest(&kvm, &vm_fd, &mem, &guest, &shared, console);
+            let prepared =
+                prepare_guest(&kvm, &vm_fd, &mem, &guest, &shared, console, pci.as_ref());
             (pit.join(), prepared)
         });
         pit.map_err(|_| VmError::Device {
@@ -482,10 +497,22 @@ impl Vm {
         })??;
         let mut prepared = prepared?;
         let AttachedDevices {
-            mmio,
+            mut mmio,
             subscribers,
             counters,
         } = virtio::attach(backends, &vm_fd, &mem)?;
+        if let Some(pci) = &pci {
+            let window = devices::pci::PciMmioWindow::new(pci.bus.clone(), layout::PCI_MMIO_START);
+            mmio.insert(
+                layout::PCI_MMIO_START,
+                layout::PCI_MMIO_END - layout::PCI_MMIO_START,
+                Arc::new(Mutex::new(window)),
+            )
+            .map_err(|e| VmError::Device {
+                what: "PCI window",
+                detail: e.to_string(),
+            })?;
+        }
         prepared.devices.mmio = Arc::new(mmio);
         shared.timings.stamp(Phase::KvmReady);
 
@@ -510,6 +537,7 @@ impl Vm {
             boot_timer: prepared.devices.boot_timer,
             summary,
             seccomp: config.seccomp,
+            passthrough: !config.vfio.is_empty(),
             virtio_subscribers: subscribers,
             virtio_counters: Arc::new(counters),
         })
@@ -525,7 +553,10 @@ impl Vm {
         install_kick_handler().map_err(VmError::Thread)?;
         let filter = if self.seccomp {
             seccomp::install_violation_handler()?;
-            Some(Arc::new(seccomp::compile(ThreadKind::Vcpu)?))
+            Some(Arc::new(seccomp::compile_with(
+                ThreadKind::Vcpu,
+                self.passthrough,
+            )?))
         } else {
             None
         };
@@ -608,6 +639,7 @@ fn build_devices(
     vm_fd: &VmFd,
     shared: &Arc<Shared>,
     console: Box<dyn Write + Send>,
+    pci: Option<&PciPlatform>,
 ) -> Result<Devices, VmError> {
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device {
         what: "serial",
@@ -623,11 +655,25 @@ fn build_devices(
     };
     let sink: Arc<dyn ExitSink> = shared.clone();
     let boot_timer = Arc::new(devices::BootTimerStamp::new());
-    let legacy = devices::legacy_x86_devices(Box::new(writer), irq, sink, boot_timer.clone())
+    let mut legacy = devices::legacy_x86_devices(Box::new(writer), irq, sink, boot_timer.clone())
         .map_err(|e| VmError::Device {
-            what: "legacy",
-            detail: e.to_string(),
-        })?;
+        what: "legacy",
+        detail: e.to_string(),
+    })?;
+    if let Some(pci) = pci {
+        let ports = devices::pci::PciConfigIo::new(pci.bus.clone());
+        legacy
+            .bus
+            .insert(
+                u64::from(devices::pci::bus::CONFIG_ADDRESS_PORT),
+                8,
+                Arc::new(Mutex::new(ports)),
+            )
+            .map_err(|e| VmError::Device {
+                what: "PCI configuration ports",
+                detail: e.to_string(),
+            })?;
+    }
     Ok(Devices {
         pio: Arc::new(legacy.bus),
         mmio: Arc::new(Bus::new()),

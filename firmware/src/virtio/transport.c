@@ -347,6 +347,7 @@ static void check_device(struct vdev *d)
  * All tokens are parsed and checked before any device is touched. */
 void virtio_checks(void)
 {
+	pci_checks();
 	const char *cursor = 0;
 	const char *token;
 	u32 count = 0;

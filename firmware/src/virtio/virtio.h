@@ -63,6 +63,9 @@ static inline void mb(void)
 	__asm__ volatile("lock; addl $0, -8(%%rsp)" ::: "memory", "cc");
 }
 
+/* ---- pci.c: PCI bus scan and the edu device checks (probe.pci, probe.edu) ---------------- */
+void pci_checks(void);
+
 /* ---- the scratch area (guest RAM the driver owns) ---------------------------------------- */
 #define SCRATCH_BASE      0x400000ULL	/* 4 MiB */
 #define SCRATCH_END       0x800000ULL	/* 8 MiB */

@@ -62,6 +62,8 @@ pub struct L1Builder {
     kernel: DebianKernel,
     initramfs: Initramfs,
     steps: Vec<Step>,
+    extra_args: Vec<String>,
+    extra_cmdline: String,
 }
 
 impl L1Builder {
@@ -90,7 +92,29 @@ impl L1Builder {
             kernel: kernel.clone(),
             initramfs,
             steps: vec![Step::new(KVM_SETUP_STEP, &setup).with_timeout(30)],
+            extra_args: Vec::new(),
+            extra_cmdline: String::new(),
         })
+    }
+
+    /// Boots L1 on QEMU's q35 machine with an emulated Intel IOMMU (DMA and interrupt
+    /// remapping; VFIO's type 1 IOMMU refuses a host without the latter) turned on with
+    /// `intel_iommu=on`, and QEMU's `edu` PCI device behind
+    /// it: a function L1 can bind to vfio-pci and pass through to an L2 guest.
+    pub fn with_edu_behind_an_iommu(&mut self) -> &mut Self {
+        self.extra_args.extend(
+            [
+                "-M",
+                "q35",
+                "-device",
+                "intel-iommu,intremap=on",
+                "-device",
+                "edu",
+            ]
+            .map(String::from),
+        );
+        self.extra_cmdline.push_str(" intel_iommu=on");
+        self
     }
 
     /// The initramfs, to add files, executables and directories.
@@ -135,6 +159,8 @@ impl L1Builder {
         self.write_initramfs(&initramfs)?;
         let mut spec = L1Spec::new(self.kernel.vmlinuz.clone(), initramfs);
         spec.timeout = self.step_time_limit() + boot_allowance;
+        spec.extra_args = self.extra_args.clone();
+        spec.cmdline.push_str(&self.extra_cmdline);
         run_l1(&spec)
     }
 }

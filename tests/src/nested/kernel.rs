@@ -31,6 +31,16 @@ const GUEST_MODULES: [&str; 8] = [
     "drivers/net/net_failover",
     "drivers/net/virtio_net",
 ];
+/// The VFIO stack L1 loads to pass QEMU's edu device through to an L2 guest, in `insmod`
+/// order (irqbypass, which vfio-pci-core also needs, is loaded with KVM). The cloud kernel
+/// builds them as modules and the Intel IOMMU driver in (it has no AMD IOMMU driver).
+const VFIO_MODULES: [&str; 5] = [
+    "drivers/vfio/vfio",
+    "drivers/vfio/vfio_iommu_type1",
+    "drivers/vfio/vfio_virqfd",
+    "drivers/vfio/pci/vfio-pci-core",
+    "drivers/vfio/pci/vfio-pci",
+];
 const COMPLETE: &str = "complete";
 
 /// A Debian `linux-image-*-cloud-amd64` kernel unpacked into the cache.
@@ -49,6 +59,8 @@ pub struct DebianKernel {
     pub modules: Vec<PathBuf>,
     /// The virtio stack for an L2 guest (uncompressed), in the order to load them.
     pub guest_modules: Vec<PathBuf>,
+    /// The VFIO stack for L1 (uncompressed), in the order to load them.
+    pub vfio_modules: Vec<PathBuf>,
 }
 
 /// The ABI number of `linux-image-6.1.0-<N>-cloud-amd64`, if `name` is exactly such a package.
@@ -174,8 +186,13 @@ impl DebianKernel {
         };
         let modules = staged(&MODULES);
         let guest_modules = staged(&GUEST_MODULES);
+        let vfio_modules = staged(&VFIO_MODULES);
         let vmlinuz = entry.join("vmlinuz");
-        let all_there = modules.iter().chain(&guest_modules).all(|m| m.is_file());
+        let all_there = modules
+            .iter()
+            .chain(&guest_modules)
+            .chain(&vfio_modules)
+            .all(|m| m.is_file());
         if !vmlinuz.is_file() || !all_there {
             return None;
         }
@@ -186,6 +203,7 @@ impl DebianKernel {
             vmlinuz,
             modules,
             guest_modules,
+            vfio_modules,
         })
     }
 
@@ -256,7 +274,7 @@ fn unpack(work: &Path, package: &str) -> Result<PathBuf> {
     }
     copy(&vmlinuz, &out.join("vmlinuz"))?;
     let kernel_dir = modules_root.join(&release).join("kernel");
-    for module in MODULES.iter().chain(&GUEST_MODULES) {
+    for module in MODULES.iter().chain(&GUEST_MODULES).chain(&VFIO_MODULES) {
         let target = out.join(format!("{}.ko", module_name(module)));
         let plain = kernel_dir.join(format!("{module}.ko"));
         let packed = kernel_dir.join(format!("{module}.ko.xz"));

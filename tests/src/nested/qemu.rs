@@ -30,6 +30,8 @@ pub struct L1Spec {
     pub timeout: Duration,
     /// The QEMU binary (`EDGEVISOR_QEMU` or `qemu-system-x86_64`).
     pub qemu: PathBuf,
+    /// More QEMU arguments (a machine type, devices), after the standard ones.
+    pub extra_args: Vec<String>,
 }
 
 impl L1Spec {
@@ -42,6 +44,7 @@ impl L1Spec {
             cmdline: "console=ttyS0 quiet panic=-1".to_string(),
             timeout: Duration::from_secs(180),
             qemu: env_path("EDGEVISOR_QEMU", "qemu-system-x86_64"),
+            extra_args: Vec::new(),
         }
     }
 
@@ -58,7 +61,8 @@ impl L1Spec {
             .arg("-initrd")
             .arg(&self.initramfs)
             .arg("-append")
-            .arg(&self.cmdline);
+            .arg(&self.cmdline)
+            .args(&self.extra_args);
         cmd
     }
 }

@@ -40,6 +40,10 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// Start of the MMIO hole below 4 GiB.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// Start of the 32-bit PCI memory window the VMM allocates BARs in (only with a PCI bus).
+pub const PCI_MMIO_START: u64 = MMIO_HOLE_START;
+/// End (exclusive) of the PCI memory window: where the virtio-mmio windows begin.
+pub const PCI_MMIO_END: u64 = 0xd000_0000;
 /// First address above 4 GiB.
 pub const RAM_ABOVE_4G_START: u64 = 1 << 32;
 
