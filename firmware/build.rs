@@ -30,6 +30,7 @@ const C_SOURCES: &[&str] = &[
     "transport",
     "rng_blk",
     "net",
+    "net_mq",
     "vsock",
     "bench",
     "pci",

@@ -93,12 +93,30 @@ pub enum VhostUserNetError {
         guest_addr: u64,
     },
     /// The queue count asked for is unusable.
-    #[error("queues={queues} is not supported: give between 1 and {max} queue pairs (multiqueue needs the control virtqueue, which edgevisor does not implement yet)")]
+    #[error("queues={queues} is not supported: give between 1 and {max} queue pairs")]
     BadQueueCount {
         /// What was asked.
         queues: u16,
         /// Our maximum.
         max: u16,
+    },
+    /// More than one queue pair was asked for, but the back end does not speak multiqueue.
+    #[error("queues={pairs} needs a multiqueue vhost-user back end, but the one on {path} does not offer the MQ protocol feature: use queues=1 or a back end started with several queues")]
+    NoMultiqueue {
+        /// The socket path.
+        path: PathBuf,
+        /// Pairs asked for.
+        pairs: u16,
+    },
+    /// The back end serves fewer queue pairs than asked for (GET_QUEUE_NUM).
+    #[error("queues={pairs} is more than the {offered} queue pairs the vhost-user back end on {path} serves: lower queues= or start the back end with more queues")]
+    TooFewQueues {
+        /// The socket path.
+        path: PathBuf,
+        /// Pairs asked for.
+        pairs: u16,
+        /// What GET_QUEUE_NUM answered.
+        offered: u64,
     },
     /// Creating an eventfd or timerfd failed.
     #[error("could not create an eventfd for the vhost-user device: {0}; check the process's file descriptor limit")]

@@ -122,10 +122,12 @@ pub(crate) fn accept(
     }
 }
 
-/// SET_OWNER, GET_FEATURES and the protocol-feature exchange on a fresh connection.
+/// SET_OWNER, GET_FEATURES and the protocol-feature exchange on a fresh connection; with
+/// more than one queue pair, GET_QUEUE_NUM must report at least `pairs`.
 pub(crate) fn negotiate(
     frontend: &mut Frontend,
     path: &Path,
+    pairs: u16,
 ) -> Result<Negotiated, VhostUserNetError> {
     frontend
         .set_owner()
@@ -152,6 +154,24 @@ pub(crate) fn negotiate(
             // Every later request waits for the back end's verdict, so a refusal is
             // reported at the request that caused it.
             frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+    }
+    if pairs > 1 {
+        if !protocol.contains(VhostUserProtocolFeatures::MQ) {
+            return Err(VhostUserNetError::NoMultiqueue {
+                path: path.to_path_buf(),
+                pairs,
+            });
+        }
+        let offered = frontend
+            .get_queue_num()
+            .map_err(protocol_err(path, "GET_QUEUE_NUM"))?;
+        if offered < u64::from(pairs) {
+            return Err(VhostUserNetError::TooFewQueues {
+                path: path.to_path_buf(),
+                pairs,
+                offered,
+            });
         }
     }
     Ok(Negotiated {
@@ -208,6 +228,8 @@ pub(crate) struct StartState<'a> {
     /// Where each vring starts (the queues' next_avail on first start, the used idx read
     /// from guest memory after a reconnect).
     pub bases: &'a [u16],
+    /// Rings of pairs below this are enabled, the others handed over disabled.
+    pub enabled_pairs: u16,
 }
 
 /// SET_FEATURES, SET_MEM_TABLE and per ready queue SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE.
@@ -264,12 +286,27 @@ pub(crate) fn start(
             .map_err(protocol_err(path, "SET_VRING_KICK"))?;
         if features & PROTOCOL_FEATURES != 0 {
             frontend
-                .set_vring_enable(index, true)
+                .set_vring_enable(index, index / 2 < usize::from(state.enabled_pairs))
                 .map_err(protocol_err(path, "SET_VRING_ENABLE"))?;
         }
         started.push(index);
     }
     Ok(started)
+}
+
+/// SET_VRING_ENABLE for each running ring: on for the first `pairs` pairs, off for the rest.
+pub(crate) fn enable_rings(
+    frontend: &mut Frontend,
+    path: &Path,
+    rings: &[usize],
+    pairs: u16,
+) -> Result<(), VhostUserNetError> {
+    for &index in rings {
+        frontend
+            .set_vring_enable(index, index / 2 < usize::from(pairs))
+            .map_err(protocol_err(path, "SET_VRING_ENABLE"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! (client mode) or accepts the next back end (server mode) and the whole state is sent again,
 //! each vring resuming at its used ring's idx read from guest memory.
 
+mod ctrl;
 mod error;
 mod handshake;
 pub mod sriov;
@@ -31,6 +32,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use devices::log::RateLimited;
+use devices::virtio::counters::bump;
+use devices::virtio::queue::{QueueHandler, RequestQueue};
 use devices::virtio::{
     device_type, features, ActivateError, Activation, Interrupt, Memory, VirtioCounters,
     VirtioDevice, BACKEND_EVENT_BASE,
@@ -42,6 +46,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+pub use ctrl::{VIRTIO_NET_ERR, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ, VIRTIO_NET_OK};
 pub use error::VhostUserNetError;
 pub use handshake::{Mode, MAX_MEM_REGIONS};
 use handshake::{Negotiated, StartState};
@@ -49,10 +54,11 @@ pub use watchdog::REPLY_TIMEOUT;
 
 /// Queue size offered to the driver.
 pub const QUEUE_SIZE: u16 = 256;
-/// Most queue pairs a device accepts. Multiqueue needs VIRTIO_NET_F_MQ, which needs the
-/// control virtqueue (VIRTIO_NET_CTRL_MQ is answered by the frontend, not the back end); that
-/// is not implemented, so one pair for now.
-pub const MAX_QUEUE_PAIRS: u16 = 1;
+/// Most queue pairs a device accepts. With more than one pair the device offers
+/// VIRTIO_NET_F_MQ and VIRTIO_NET_F_CTRL_VQ; the control virtqueue (the last queue) is
+/// answered by edgevisor, and the back end must report at least that many pairs
+/// (GET_QUEUE_NUM, protocol feature MQ).
+pub const MAX_QUEUE_PAIRS: u16 = 8;
 /// How long [`VhostUserNet::connect`] in server mode waits for the back end to connect
 /// (client mode tries once: the back end must already listen).
 pub const CONNECT_WAIT: Duration = Duration::from_secs(30);
@@ -77,8 +83,13 @@ pub const EVENT_SOCKET: u32 = BACKEND_EVENT_BASE;
 pub const EVENT_RECONNECT: u32 = BACKEND_EVENT_BASE + 1;
 /// Event data: activate or reset changed what the back end should run.
 pub const EVENT_SYNC: u32 = BACKEND_EVENT_BASE + 2;
+/// Event data: the guest kicked the control virtqueue.
+pub const EVENT_CTRL: u32 = BACKEND_EVENT_BASE + 3;
 /// Event data of queue `q`'s call eventfd: `EVENT_CALL_BASE + q`.
 pub const EVENT_CALL_BASE: u32 = BACKEND_EVENT_BASE + 0x10;
+
+/// Guest-triggered control-queue log lines, rate limited.
+static CTRL_LOG: RateLimited = RateLimited::new();
 
 /// What an activated device keeps to (re)start the back end.
 struct Active {
@@ -91,7 +102,16 @@ struct Active {
     queues: Vec<Queue>,
     acked_features: u64,
     interrupt: Arc<Interrupt>,
+    /// The kick eventfds of the data queues (`queues`), in the same order.
     kicks: Vec<Arc<EventFd>>,
+    /// The driver accepted VIRTIO_NET_F_MQ: all `max_pairs` pairs are data queues.
+    mq: bool,
+    /// Queue pairs the driver uses now (1 until a VQ_PAIRS_SET).
+    pairs: u16,
+    /// The control virtqueue when the driver accepted VIRTIO_NET_F_CTRL_VQ and set it up.
+    ctrl: Option<RequestQueue>,
+    /// Its kick eventfd, which the event loop watches while this activation lasts.
+    ctrl_kick: Option<Arc<EventFd>>,
 }
 
 /// A virtio-net device served by a vhost-user back end.
@@ -108,6 +128,10 @@ pub struct VhostUserNet {
     sync: EventFd,
     active: Option<Active>,
     generation: u64,
+    /// Queue pairs offered (`max_virtqueue_pairs`).
+    max_pairs: u16,
+    /// The control queue kick eventfd registered with the event loop.
+    ctrl_watched: Option<RawFd>,
     /// The generation the connected back end runs, and which rings it got.
     started: Option<(u64, Vec<usize>)>,
     reconnects: u64,
@@ -207,7 +231,11 @@ impl VhostUserNet {
         let mut frontend = Frontend::from_stream(stream, vrings as u64);
         let negotiated = {
             let armed = watchdog.arm(frontend.as_raw_fd(), REPLY_TIMEOUT);
-            answered(&armed, socket, handshake::negotiate(&mut frontend, socket))?
+            answered(
+                &armed,
+                socket,
+                handshake::negotiate(&mut frontend, socket, queues),
+            )?
         };
         let calls = (0..vrings)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
@@ -229,12 +257,15 @@ impl VhostUserNet {
             frontend: Some(frontend),
             negotiated,
             config,
-            queue_sizes: vec![QUEUE_SIZE; vrings],
+            // With multiqueue, the control virtqueue comes after the data queues.
+            queue_sizes: vec![QUEUE_SIZE; if queues > 1 { vrings + 1 } else { vrings }],
             calls,
             timer,
             sync,
             active: None,
             generation: 0,
+            max_pairs: queues,
+            ctrl_watched: None,
             started: None,
             reconnects: 0,
             starts: 0,
@@ -339,6 +370,7 @@ impl VhostUserNet {
             kicks: &active.kicks,
             calls: &self.calls,
             bases: &bases,
+            enabled_pairs: active.pairs,
         };
         let rings = {
             let armed = self.watchdog.arm(frontend.as_raw_fd(), REPLY_TIMEOUT);
@@ -380,7 +412,7 @@ impl VhostUserNet {
             answered(
                 &armed,
                 &self.path,
-                handshake::negotiate(&mut frontend, &self.path),
+                handshake::negotiate(&mut frontend, &self.path, self.max_pairs),
             )?
         };
         self.frontend = Some(frontend);
@@ -443,11 +475,107 @@ impl VhostUserNet {
         }
     }
 
-    fn on_sync(&mut self) {
+    fn on_sync(&mut self, ops: &mut EventOps) {
         let _ = self.sync.read();
+        // The control queue's kick first: in a new activation its eventfd may belong to a
+        // data queue that the back end is about to get.
+        self.watch_ctrl(ops);
         if let Err(e) = self.sync_backend() {
             eprintln!("edgevisor: {e}");
         }
+        self.serve_ctrl();
+    }
+
+    /// Watches the control queue's kick eventfd of the current activation (and only it).
+    fn watch_ctrl(&mut self, ops: &mut EventOps) {
+        let wanted = self
+            .active
+            .as_ref()
+            .and_then(|a| a.ctrl_kick.as_ref())
+            .map(|k| k.as_raw_fd());
+        if wanted == self.ctrl_watched {
+            return;
+        }
+        if let Some(fd) = self.ctrl_watched.take() {
+            let _ = ops.remove(Events::with_data_raw(fd, EVENT_CTRL, EventSet::IN));
+        }
+        if let Some(fd) = wanted {
+            match ops.add(Events::with_data_raw(fd, EVENT_CTRL, EventSet::IN)) {
+                Ok(()) => self.ctrl_watched = Some(fd),
+                Err(e) => eprintln!("edgevisor: cannot watch the control virtqueue: {e:?}"),
+            }
+        }
+    }
+
+    fn on_ctrl_kick(&mut self) {
+        let Some(kick) = self.active.as_ref().and_then(|a| a.ctrl_kick.clone()) else {
+            return;
+        };
+        if kick.read().is_err() {
+            return;
+        }
+        bump(&self.counters.kicks, 1);
+        self.serve_ctrl();
+    }
+
+    /// Answers every command on the control virtqueue (see [`ctrl`]). A VQ_PAIRS_SET that
+    /// changes the pair count turns the back end's rings on or off (SET_VRING_ENABLE) when
+    /// it runs them; a back end that is away gets the count with the rings on reconnect.
+    pub fn serve_ctrl(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let Some(mut queue) = active.ctrl.take() else {
+            return;
+        };
+        let (max, mq, mut pairs) = (self.max_pairs, active.mq, active.pairs);
+        let counters = self.counters.clone();
+        queue.drain(&counters, &CTRL_LOG, "net-vhost-user ctrl", |mem, chain| {
+            let mut command = [0u8; ctrl::MAX_COMMAND];
+            let read = chain.read_at(mem, 0, &mut command).unwrap_or(0);
+            let ack_at = chain.writable_len().checked_sub(1);
+            let (Some(ack_at), true) = (ack_at, read >= 2) else {
+                bump(&counters.malformed_chains, 1);
+                CTRL_LOG.warn(format_args!(
+                    "virtio-net ctrl: command chain refused: {read} readable bytes (2 needed) and {} writable (1 needed)",
+                    chain.writable_len()
+                ));
+                return 0;
+            };
+            let verdict = ctrl::decide(&command[..read], max, mq);
+            if verdict.ack != VIRTIO_NET_OK {
+                bump(&counters.unsupported_requests, 1);
+            }
+            if let Some(n) = verdict.pairs {
+                pairs = n;
+            }
+            bump(&counters.requests, 1);
+            match chain.write_at(mem, ack_at, &[verdict.ack]) {
+                Ok(1) => 1,
+                _ => 0,
+            }
+        });
+        active.ctrl = Some(queue);
+        if pairs != active.pairs {
+            active.pairs = pairs;
+            if let Err(e) = self.enable_pairs(pairs) {
+                eprintln!("edgevisor: {e}");
+            }
+        }
+    }
+
+    /// Tells a running back end which rings to serve: those of the first `pairs` pairs.
+    fn enable_pairs(&mut self, pairs: u16) -> Result<(), VhostUserNetError> {
+        let (Some((_, rings)), Some(frontend)) = (&self.started, self.frontend.as_mut()) else {
+            return Ok(());
+        };
+        handshake::enable_rings(frontend, &self.path, rings, pairs)
+    }
+
+    /// Queue pairs the driver uses now (1 unless it sent VQ_PAIRS_SET), or 0 while the
+    /// device is not active.
+    pub fn active_pairs(&self) -> u16 {
+        self.active.as_ref().map_or(0, |a| a.pairs)
     }
 
     /// Drains queue `index`'s call eventfd and interrupts the guest if it was signalled.
@@ -490,9 +618,15 @@ impl VirtioDevice for VhostUserNet {
     }
 
     fn offered_features(&self) -> u64 {
+        let multiqueue = if self.max_pairs > 1 {
+            VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ
+        } else {
+            0
+        };
         features::VERSION_1
             | VIRTIO_NET_F_MAC
             | VIRTIO_NET_F_STATUS
+            | multiqueue
             | (self.negotiated.backend_features & PASSTHROUGH_FEATURES)
     }
 
@@ -513,15 +647,45 @@ impl VirtioDevice for VhostUserNet {
             device: "net-vhost-user",
             detail: e.to_string(),
         })?;
+        let acked = activation.acked_features;
+        // virtio 1.2, 5.1.2: with MQ the pairs are queues 0..2N and the control queue is 2N;
+        // without it there is one pair and the control queue (if any) is queue 2.
+        let mq = self.max_pairs > 1 && acked & VIRTIO_NET_F_MQ != 0;
+        let data_vrings = if mq {
+            usize::from(self.max_pairs) * 2
+        } else {
+            2
+        };
+        let mut queues = activation.queues;
+        let mut kicks = activation.queue_events;
+        let mut ctrl = None;
+        let mut ctrl_kick = None;
+        if acked & VIRTIO_NET_F_CTRL_VQ != 0 && data_vrings < queues.len() {
+            let queue = queues.swap_remove(data_vrings);
+            if virtio_queue::QueueT::ready(&queue) {
+                ctrl = Some(RequestQueue {
+                    mem: activation.mem.clone(),
+                    queue: QueueHandler::new(queue),
+                    interrupt: activation.interrupt.clone(),
+                });
+                ctrl_kick = kicks.get(data_vrings).cloned();
+            }
+        }
+        queues.truncate(data_vrings);
+        kicks.truncate(data_vrings);
         self.generation += 1;
         self.active = Some(Active {
             generation: self.generation,
             started_before: false,
             mem: activation.mem,
-            queues: activation.queues,
-            acked_features: activation.acked_features,
+            queues,
+            acked_features: acked,
             interrupt: activation.interrupt,
-            kicks: activation.queue_events,
+            kicks,
+            mq,
+            pairs: 1,
+            ctrl,
+            ctrl_kick,
         });
         // The event loop hands the rings over (or the reconnect path does, once a back end
         // is back).
@@ -559,7 +723,8 @@ impl VirtioDevice for VhostUserNet {
         match events.data() {
             EVENT_SOCKET => self.on_hang_up(ops),
             EVENT_RECONNECT => self.on_timer(ops),
-            EVENT_SYNC => self.on_sync(),
+            EVENT_SYNC => self.on_sync(ops),
+            EVENT_CTRL => self.on_ctrl_kick(),
             data if data >= EVENT_CALL_BASE => {
                 self.relay_call((data - EVENT_CALL_BASE) as usize);
             }

@@ -126,7 +126,7 @@ pub struct VhostUserNetConfig {
     /// Who connects to whom.
     #[serde(default)]
     pub mode: VhostUserMode,
-    /// RX/TX queue pairs (only 1 for now: multiqueue needs the control virtqueue).
+    /// RX/TX queue pairs; more than one adds VIRTIO_NET_F_MQ and the control virtqueue.
     #[serde(default = "one_queue_pair")]
     pub queues: u16,
     /// Guest MAC address; random (locally administered) when absent.
@@ -160,7 +160,7 @@ impl NetOption {
 
 impl VhostUserNetConfig {
     /// Most queue pairs accepted.
-    pub const MAX_QUEUES: u16 = 1;
+    pub const MAX_QUEUES: u16 = net_dpdk::MAX_QUEUE_PAIRS;
 
     /// Parses `vhost-user=SOCKET[,mode=client|server][,queues=N][,mac=MAC]`.
     pub fn parse(input: &str) -> Result<VhostUserNetConfig, DeviceConfigError> {
@@ -188,7 +188,7 @@ impl VhostUserNetConfig {
                 option: "net",
                 key: "queues",
                 value: v.clone(),
-                expected: "1 (multiqueue needs the control virtqueue, not implemented yet)",
+                expected: "a number of queue pairs from 1 to 8",
             })?,
         };
         let config = VhostUserNetConfig {
@@ -216,7 +216,7 @@ impl VhostUserNetConfig {
                 option: "net",
                 key: "queues",
                 value: self.queues.to_string(),
-                expected: "1 (multiqueue needs the control virtqueue, not implemented yet)",
+                expected: "a number of queue pairs from 1 to 8",
             });
         }
         if let Some(mac) = &self.mac {
@@ -483,8 +483,14 @@ mod tests {
         ));
         let e = NetOption::parse("vhost-user=/s,mode=both").unwrap_err();
         assert!(e.to_string().contains("client"), "{e}");
-        let e = NetOption::parse("vhost-user=/s,queues=4").unwrap_err();
-        assert!(e.to_string().contains("control virtqueue"), "{e}");
+        let NetOption::VhostUser(v) = NetOption::parse("vhost-user=/s,queues=4").unwrap() else {
+            panic!("not vhost-user");
+        };
+        assert_eq!(v.queues, 4);
+        for bad in ["0", "9", "two"] {
+            let e = NetOption::parse(&format!("vhost-user=/s,queues={bad}")).unwrap_err();
+            assert!(e.to_string().contains("from 1 to 8"), "{e}");
+        }
         let e = NetOption::parse("vhost-user=/s,tap=t0").unwrap_err();
         assert!(e.to_string().contains("unknown key \"tap\""), "{e}");
         let e = NetOption::parse("vhost-user=").unwrap_err();

@@ -26,7 +26,9 @@ static void put_mac(const u8 *mac)
 	}
 }
 
-/* probe.net=on | off (default off); anything else fails. */
+#define NET_TRAFFIC_MQ 3	/* net_mq.c */
+
+/* probe.net=on | off | mq (default off); anything else fails. */
 static int net_traffic_wanted(void)
 {
 	const char *v = cmdline_find("probe.net=", 0, 0);
@@ -36,7 +38,9 @@ static int net_traffic_wanted(void)
 		return 1;
 	if (v[0] == 'o' && v[1] == 'f' && v[2] == 'f' && word_end(v[3]))
 		return 0;
-	probe_fail("cmdline", "unknown probe.net= value: use on or off");
+	if (v[0] == 'm' && v[1] == 'q' && word_end(v[2]))
+		return NET_TRAFFIC_MQ;
+	probe_fail("cmdline", "unknown probe.net= value: use on, off or mq");
 }
 
 static void post_rx(struct vdev *d, u32 index)
@@ -90,6 +94,10 @@ static u32 receive_frame(struct vdev *d, const u8 **frame)
 void virtio_net_check(struct vdev *d)
 {
 	int traffic = net_traffic_wanted();
+	if (traffic == NET_TRAFFIC_MQ) {
+		virtio_net_mq_check(d);
+		return;
+	}
 	virtio_start(d, VIRTIO_NET_F_MAC, 2);
 	virtio_driver_ok(d);
 

@@ -72,7 +72,7 @@ void pci_checks(void);
 #define SCRATCH_PER_DEV   0x80000ULL	/* 512 KiB per device */
 #define MAX_DEVICES       8
 #define QUEUE_AREA        0x4000ULL	/* per queue: desc +0, avail +0x1000, used +0x2000 */
-#define MAX_QUEUES        4
+#define MAX_QUEUES        5	/* net multiqueue: two pairs and the control queue */
 #define BUFFER_AREA       (MAX_QUEUES * QUEUE_AREA) /* buffers from here to the slot's end */
 #define QUEUE_SIZE_MAX    16
 #define QUEUE_SIZE_MIN    4	/* the longest chain (blk: 3) and the rx buffers posted (4) */
@@ -208,6 +208,7 @@ void put_dev_prefix(struct vdev *d, const char *type);
 void virtio_rng_check(struct vdev *d);
 void virtio_blk_check(struct vdev *d);
 void virtio_net_check(struct vdev *d);
+void virtio_net_mq_check(struct vdev *d);	/* net_mq.c, probe.net=mq */
 void virtio_vsock_check(struct vdev *d);
 
 /* ---- bench.c: workloads behind probe.blkbench=, probe.netbench= and probe.spin= ------------ */

@@ -1,0 +1,176 @@
+/*
+ * virtio-net multiqueue check (`probe.net=mq`): negotiates VIRTIO_NET_F_MQ and
+ * VIRTIO_NET_F_CTRL_VQ on a device with max_virtqueue_pairs 2, asks the control virtqueue
+ * for 0 pairs (must be refused with VIRTIO_NET_ERR) and then for 2 (must be VIRTIO_NET_OK),
+ * posts receive buffers on both pairs' RX queues, sends the probe frame on pair 1's TX
+ * queue (3) and waits for a frame on pair 1's RX queue (2). Prints how many frames arrived
+ * on pair 0 meanwhile, so a test can tell the pairs apart.
+ */
+#include "virtio.h"
+
+#define VIRTIO_NET_F_MAC     (1ULL << 5)
+#define VIRTIO_NET_F_CTRL_VQ (1ULL << 17)
+#define VIRTIO_NET_F_MQ      (1ULL << 22)
+
+#define MQ_PAIRS      2
+#define MQ_RX0        0
+#define MQ_RX1        2
+#define MQ_TX1        3
+#define MQ_CTRL       (2 * MQ_PAIRS)
+#define MQ_HDR_LEN    12
+#define MQ_BUF        2048
+#define MQ_RX_BUFS    4
+#define MQ_ETHERTYPE  0x88b5
+#define MQ_RX_MS      5000
+
+#define CTRL_CLASS_MQ        4
+#define CTRL_MQ_VQ_PAIRS_SET 0
+#define CTRL_OK              0
+#define CTRL_ERR             1
+
+/* Buffer area layout (offsets from buffer_addr(d, 0)). */
+#define OFF_RX1  0
+#define OFF_TX   (MQ_RX_BUFS * MQ_BUF)
+#define OFF_RX0  (OFF_TX + MQ_BUF)
+#define OFF_CTRL (OFF_RX0 + MQ_RX_BUFS * MQ_BUF)
+
+static const char mq_payload[] = "edgevisor-probe-net-tx";
+
+static void mq_post_rx(struct vdev *d, u32 queue, u64 offset, u32 id)
+{
+	struct vbuf b = {buffer_addr(d, offset + (u64)id * MQ_BUF), MQ_BUF, 1};
+	vq_submit(&d->queues[queue], (u16)id, &b, 1);
+}
+
+/* VQ_PAIRS_SET with `pairs`: returns the ack byte the device wrote. */
+static u8 mq_set_pairs(struct vdev *d, u16 pairs)
+{
+	u8 *cmd = (u8 *)(usize)buffer_addr(d, OFF_CTRL);
+	cmd[0] = CTRL_CLASS_MQ;
+	cmd[1] = CTRL_MQ_VQ_PAIRS_SET;
+	cmd[2] = (u8)pairs;
+	cmd[3] = (u8)(pairs >> 8);
+	cmd[4] = 0xee;	/* the device must overwrite this */
+	struct vbuf bufs[3] = {
+		{(usize)cmd, 2, 0},
+		{(usize)(cmd + 2), 2, 0},
+		{(usize)(cmd + 4), 1, 1},
+	};
+	u32 len = vq_transact(&d->queues[MQ_CTRL], bufs, 3, 2000,
+			      "the device did not answer a control command within 2000 ms at base=");
+	if (len != 1)
+		probe_fail_hex(d->check, "a control command came back with used len (1 expected)=",
+			       len);
+	return cmd[4];
+}
+
+static void mq_send_frame(struct vdev *d, const u8 *mac)
+{
+	u8 *buf = (u8 *)(usize)buffer_addr(d, OFF_TX);
+	u8 *frame = buf + MQ_HDR_LEN;
+	u32 len = 14 + sizeof(mq_payload) - 1;
+
+	memset(buf, 0, MQ_HDR_LEN);
+	memset(frame, 0xff, 6);
+	memcpy(frame + 6, mac, 6);
+	frame[12] = MQ_ETHERTYPE >> 8;
+	frame[13] = MQ_ETHERTYPE & 0xff;
+	memcpy(frame + 14, mq_payload, sizeof(mq_payload) - 1);
+	struct vbuf b = {(usize)buf, MQ_HDR_LEN + len, 0};
+	vq_transact(&d->queues[MQ_TX1], &b, 1, 2000,
+		    "pair 1 did not consume a transmitted frame within 2000 ms at base=");
+}
+
+/* The first frame of ethertype 0x88b5 on pair 1's RX queue within MQ_RX_MS: its length
+ * without the header (and *frame), or 0. Other frames go back to the ring. */
+static u32 mq_receive(struct vdev *d, const u8 **frame)
+{
+	struct vq *rx = &d->queues[MQ_RX1];
+	struct deadline dl;
+	u32 id, len;
+	deadline_start(&dl, MQ_RX_MS);
+	while (vq_poll(rx, &dl, &id, &len)) {
+		if (id >= MQ_RX_BUFS)
+			DEV_FAIL(d, "pair 1 used a receive buffer the driver did not post");
+		if (len < MQ_HDR_LEN + 14 || len > MQ_BUF)
+			probe_fail_hex(d->check, "received a frame of impossible length: used len=",
+				       len);
+		const u8 *f = (const u8 *)(usize)buffer_addr(d, OFF_RX1 + (u64)id * MQ_BUF) +
+			      MQ_HDR_LEN;
+		if (f[12] == (MQ_ETHERTYPE >> 8) && f[13] == (MQ_ETHERTYPE & 0xff)) {
+			*frame = f;
+			return len - MQ_HDR_LEN;
+		}
+		mq_post_rx(d, MQ_RX1, OFF_RX1, id);
+		vq_notify(rx);
+	}
+	return 0;
+}
+
+void virtio_net_mq_check(struct vdev *d)
+{
+	/* Both feature bits must be on offer before the queues are laid out. */
+	virtio_reset(d);
+	mmio_write32(d, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+	u32 offered_lo = mmio_read32(d, VIRTIO_MMIO_DEVICE_FEATURES);
+	if ((offered_lo & (VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ)) !=
+	    (VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ))
+		DEV_FAIL(d, "probe.net=mq needs a device offering VIRTIO_NET_F_MQ and CTRL_VQ");
+	u32 max_pairs = config_read8(d, 8) | ((u32)config_read8(d, 9) << 8);
+	if (max_pairs != MQ_PAIRS)
+		probe_fail_hex(d->check,
+			       "probe.net=mq needs max_virtqueue_pairs 2 (queues=2), found ", max_pairs);
+
+	virtio_start(d, VIRTIO_NET_F_MAC | VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ, MQ_CTRL + 1);
+	virtio_driver_ok(d);
+	u8 mac[6] = {0x02, 0, 0, 0, 0, 0x01};
+	int have_mac = (d->accepted & VIRTIO_NET_F_MAC) != 0;
+	if (have_mac)
+		for (u32 i = 0; i < 6; i++)
+			mac[i] = config_read8(d, i);
+
+	u8 bad = mq_set_pairs(d, 0);
+	u8 good = mq_set_pairs(d, MQ_PAIRS);
+	if (bad != CTRL_ERR)
+		probe_fail_hex(d->check, "VQ_PAIRS_SET 0 was not refused: ack=", bad);
+	if (good != CTRL_OK)
+		probe_fail_hex(d->check, "VQ_PAIRS_SET 2 was refused: ack=", good);
+
+	for (u32 i = 0; i < MQ_RX_BUFS; i++) {
+		mq_post_rx(d, MQ_RX1, OFF_RX1, i);
+		mq_post_rx(d, MQ_RX0, OFF_RX0, i);
+	}
+	vq_notify(&d->queues[MQ_RX1]);
+	vq_notify(&d->queues[MQ_RX0]);
+	mq_send_frame(d, mac);
+	const u8 *frame = 0;
+	u32 rx_len = mq_receive(d, &frame);
+	u64 rx_fnv = rx_len ? fnv1a64(frame, rx_len) : 0;
+	mb();
+	u16 pair0_rx = d->queues[MQ_RX0].used->idx;
+	virtio_reset(d);
+
+	put_dev_prefix(d, "net");
+	put_str(" mac=");
+	if (have_mac) {
+		for (int i = 0; i < 6; i++) {
+			if (i)
+				probe_putc(':');
+			probe_put_hex(mac[i], 2);
+		}
+	} else {
+		put_str("none");
+	}
+	put_str(" mq pairs=2 ctrl=ok bad_pairs=err tx=pair1");
+	if (rx_len) {
+		put_str(" rx=pair1 len=");
+		probe_put_dec(rx_len);
+		put_str(" fnv1a64=");
+		put_hex_fixed(rx_fnv, 16);
+	} else {
+		put_str(" rx none");
+	}
+	put_str(" pair0_rx=");
+	probe_put_dec(pair0_rx);
+	probe_putc('\n');
+}
