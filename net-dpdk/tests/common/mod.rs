@@ -84,9 +84,15 @@ impl Testpmd {
         let log = dir.join(format!("testpmd-{tag}.log"));
         let out = File::create(&log).expect("create the testpmd log");
         let err = out.try_clone().expect("clone the log fd");
+        // One queue pair unless `vdev_extra` names its own queues=.
+        let queues = if vdev_extra.contains("queues=") {
+            ""
+        } else {
+            ",queues=1"
+        };
         let vdev = |i: usize| {
             format!(
-                "net_vhost{i},iface={},queues=1{vdev_extra}",
+                "net_vhost{i},iface={}{queues}{vdev_extra}",
                 sockets[i].display()
             )
         };
