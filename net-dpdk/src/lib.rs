@@ -569,7 +569,10 @@ impl VhostUserNet {
         let (Some((_, rings)), Some(frontend)) = (&self.started, self.frontend.as_mut()) else {
             return Ok(());
         };
-        handshake::enable_rings(frontend, &self.path, rings, pairs)
+        // With REPLY_ACK the back end answers each SET_VRING_ENABLE: guard the wait.
+        let armed = self.watchdog.arm(frontend.as_raw_fd(), REPLY_TIMEOUT);
+        let result = handshake::enable_rings(frontend, &self.path, rings, pairs);
+        answered(&armed, &self.path, result)
     }
 
     /// Queue pairs the driver uses now (1 unless it sent VQ_PAIRS_SET), or 0 while the

@@ -58,7 +58,7 @@ fn exchange(manager: &mut Manager, a: &mut Guest, b: &mut Guest, seq: u32, count
     });
     assert!(
         arrived,
-        "only {} of {count} frames reached the second guest's RX queue",
+        "only {} of {count} frames from seq {seq} reached the second guest's RX queue",
         b.rx.used_idx(&b.mem).wrapping_sub(rx_start)
     );
     assert!(
