@@ -184,6 +184,18 @@ fn testpmd_forwards_between_two_guests_and_survives_a_restart() {
         "the devices did not reconnect to the restarted testpmd: {}",
         pmd.log_text()
     );
+    // As at the start: testpmd forwards only once it has both ports' rings in hand.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            pmd.log_text()
+                .matches("virtio is now ready for processing")
+                .count()
+                >= 2
+        })
+        .is_some(),
+        "the restarted testpmd does not report both ports ready: {}",
+        pmd.log_text()
+    );
     // Vrings resumed where the guest's used rings were: the rest of the RX buffers are used.
     exchange(&mut manager, &mut a, &mut b, 1000, 32);
     let stats = pmd.port_stats(2);
