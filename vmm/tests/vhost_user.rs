@@ -14,6 +14,8 @@ mod common;
 mod mq;
 #[path = "vhost_user/support.rs"]
 mod support;
+#[path = "vhost_user/timeout.rs"]
+mod timeout;
 use common::*;
 use support::*;
 
