@@ -171,6 +171,35 @@ dmesg | grep -i -e vfio -e dmar | tail -8
 exit $rc
 ";
 
+/// MSI-X through `--device vfio=`: QEMU's NVMe controller (behind the same IOMMU as edu) is
+/// bound to vfio-pci and passed through to the probe, whose NVMe driver (`probe.nvme`)
+/// programs two MSI-X vectors in the table in BAR 0, identifies the controller on the admin
+/// queue (vector 0) and reads LBA 0 through an I/O queue pair (vector 1). The VFIO modules
+/// are loaded by the edu step unless already there.
+const VFIO_NVME_STEP: &str = "vfio-nvme";
+/// The serial number L1's NVMe controller reports, and the head of its disk's LBA 0.
+const NVME_SERIAL: &str = "edgevisor";
+const NVME_LBA0: &[u8] = b"edgevisor-nvme-disk";
+const VFIO_NVME_SCRIPT: &str = "status=0
+for m in vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci; do
+  [ -d /sys/module/$(echo $m | tr - _) ] || insmod /vfio/$m.ko || { echo \"insmod $m failed\"; status=1; }
+done
+bdf=
+for d in /sys/bus/pci/devices/*; do
+  [ \"$(cat $d/class)\" = 0x010802 ] && bdf=${d##*/}
+done
+echo \"NVME-BDF=$bdf GROUP=$(basename $(readlink /sys/bus/pci/devices/$bdf/iommu_group)) DRIVER=$(basename $(readlink /sys/bus/pci/devices/$bdf/driver) 2>/dev/null)\"
+if [ -z \"$bdf\" ] || [ $status != 0 ]; then exit 1; fi
+ls /sys/bus/pci/devices/$bdf/iommu_group/devices
+edgevisor sriov bind-vfio $bdf
+edgevisor sriov check $bdf
+edgevisor run --device vfio=$bdf --cmdline \"probe.pci probe.nvme probe.exit=poweroff\" --timings
+rc=$?
+echo \"EXIT=$rc\"
+dmesg | grep -i -e vfio -e dmar | tail -8
+exit $rc
+";
+
 /// Runs `command`, prints `EXIT=<status>` and exits with that status.
 fn exit_recorded(command: &str) -> String {
     format!("{command}\nrc=$?\necho \"EXIT=$rc\"\nexit $rc\n")
@@ -238,6 +267,15 @@ fn boot_l1() -> Result<Boot, NestedError> {
         l1.initramfs().add_file(&format!("/vfio/{name}"), module)?;
     }
     l1.step(Step::new(VFIO_STEP, VFIO_SCRIPT).with_timeout(90))?;
+    let nvme_disk = work.path().join("nvme.img");
+    let mut disk = vec![0u8; 1 << 20];
+    disk[..NVME_LBA0.len()].copy_from_slice(NVME_LBA0);
+    std::fs::write(&nvme_disk, disk).map_err(|source| NestedError::Io {
+        path: nvme_disk.clone(),
+        source,
+    })?;
+    l1.with_nvme(&nvme_disk, NVME_SERIAL);
+    l1.step(Step::new(VFIO_NVME_STEP, VFIO_NVME_SCRIPT).with_timeout(90))?;
 
     let run = l1.boot(work.path(), L1_BOOT_ALLOWANCE)?;
     eprintln!(
@@ -451,6 +489,40 @@ fn edu_passed_through_with_vfio_answers_the_probe_with_dma_and_msi() {
         "{}",
         show(&out)
     );
+    assert!(has("PROBE PASS"), "{}", show(&out));
+    assert!(has("EXIT=0"), "{}", show(&out));
+    assert_eq!(out.rc, 0, "{}", show(&out));
+}
+
+#[test]
+fn nvme_passed_through_with_vfio_answers_the_probe_with_msix() {
+    let out = step(VFIO_NVME_STEP);
+    let has = |needle: &str| out.has_line_containing(needle);
+    assert!(!has("failed"), "{}", show(&out));
+    assert!(
+        has("NVME-BDF=0000:"),
+        "L1 has no NVMe function: {}",
+        show(&out)
+    );
+    // The probe sees the host bridge, then the controller with its 16 KiB 64-bit BAR 0
+    // (registers, doorbells, the MSI-X table and pending bits) in the PCI window.
+    assert!(
+        has("probe: pci 00:00.0 8086:0d57 class=060000"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        has("probe: pci 00:01.0 1b36:0010 class=010802 bar0=mem64@0xc0000000+0x4000"),
+        "{}",
+        show(&out)
+    );
+    // Identify Controller and the read of LBA 0 DMA'd through the IOMMU mapping of guest
+    // RAM; their completions raised MSI-X vectors 0 and 1, routed to vectors 0x42 and 0x43.
+    let expected = format!(
+        "probe: nvme vid=0x1b36 serial={NVME_SERIAL} admin-msix=0x42 lba0={} io-msix=0x43",
+        String::from_utf8_lossy(NVME_LBA0)
+    );
+    assert!(has(&expected), "no {expected:?} in {}", show(&out));
     assert!(has("PROBE PASS"), "{}", show(&out));
     assert!(has("EXIT=0"), "{}", show(&out));
     assert_eq!(out.rc, 0, "{}", show(&out));
