@@ -34,6 +34,7 @@ const C_SOURCES: &[&str] = &[
     "vsock",
     "bench",
     "pci",
+    "nvme",
 ];
 
 /// Headers of the C sources.

@@ -78,3 +78,61 @@ fn the_q35_host_bridge_has_no_capability_list() {
     assert_eq!(dword(&c, 0), 0x29c0_8086);
     assert!(capabilities(&c).is_empty());
 }
+
+#[test]
+fn nvme_msix_table_shares_bar_0_with_the_registers_and_is_cut_to_64_vectors() {
+    let c = recorded("qemu-7.2-nvme");
+    assert_eq!(dword(&c, 0), 0x0010_1b36);
+    assert_eq!(dword(&c, 8) >> 8, 0x01_08_02, "class: NVMe");
+    let ids: Vec<u8> = capabilities(&c).iter().map(|cap| cap.id).collect();
+    assert_eq!(ids, vec![CAP_ID_MSIX, 0x10, 0x01], "MSI-X, PCI Express, PM");
+    // BAR 0: 64-bit memory, the registers, doorbells, table and PBA in 16 KiB.
+    assert_eq!(dword(&c, 0x10) & 0xf, 0x4);
+    let cap = MsixCap::parse(&c, 0x40).unwrap();
+    assert_eq!(cap.table_size, 65, "max_ioqpairs 64 + the admin queue");
+    assert_eq!((cap.table_bar, cap.table_offset), (0, 0x2000));
+    assert_eq!((cap.pba_bar, cap.pba_offset), (0, 0x3000));
+
+    let mut state = MsixState::new(cap, 64);
+    assert_eq!(state.control(), 63, "Table Size offered: 64 entries");
+    // Registers and doorbells go to the device, entries 0..63 are trapped, entry 64 (not
+    // offered) and the PBA go to the device.
+    assert!(!state.in_table(0, 0x14, 4), "CC");
+    assert!(!state.in_table(0, 0x1000, 4), "SQ 0 tail doorbell");
+    assert!(state.in_table(0, 0x2000, 4));
+    assert!(state.in_table(0, 0x2000 + 63 * 16 + 12, 4));
+    assert!(!state.in_table(0, 0x2000 + 64 * 16, 4));
+    assert!(!state.in_table(0, 0x3000, 8), "PBA");
+    assert!(!state.in_table(1, 0x2000, 4), "another BAR");
+
+    // What probe.nvme does: enable with the function masked, program entries 0 and 1,
+    // read them back, unmask the function.
+    assert!(state.write_config(0x42, &0xc000u16.to_le_bytes()));
+    assert_eq!(state.control(), 0xc000 | 63);
+    for (entry, vector) in [(0u64, 0x42u32), (1, 0x43)] {
+        let at = 0x2000 + entry * 16;
+        state.write_table(at, &0xfee0_0000u32.to_le_bytes());
+        state.write_table(at + 4, &0u32.to_le_bytes());
+        state.write_table(at + 8, &vector.to_le_bytes());
+        assert_eq!(
+            state.write_table(at + 12, &0u32.to_le_bytes()),
+            vec![entry as usize]
+        );
+    }
+    let mut back = [0u8; 8];
+    state.read_table(0x2010, &mut back);
+    assert_eq!(back, [0x00, 0x00, 0xe0, 0xfe, 0, 0, 0, 0]);
+    assert!(
+        state.vectors().iter().all(Option::is_none),
+        "the function is masked"
+    );
+    assert!(state.write_config(0x42, &0x8000u16.to_le_bytes()));
+    let vectors = state.vectors();
+    assert_eq!(vectors.len(), 64);
+    assert_eq!(vectors[0], Some((0xfee0_0000, 0x42)));
+    assert_eq!(vectors[1], Some((0xfee0_0000, 0x43)));
+    assert!(vectors[2..].iter().all(Option::is_none), "still masked");
+    // Table Size is read-only: a write of all ones changes only enable and function mask.
+    assert!(state.write_config(0x42, &0xffffu16.to_le_bytes()));
+    assert_eq!(state.control(), 0xc000 | 63);
+}

@@ -65,6 +65,19 @@ if grep -q l2.virtio /proc/cmdline; then
   ip addr add 169.254.10.2/24 dev eth0
   ping -c 3 -W 3 169.254.10.1 && echo L2-PING-OK
 fi
+if grep -q l2.nvme /proc/cmdline; then
+  mount -t sysfs sysfs /sys
+  mount -t devtmpfs devtmpfs /dev
+  for i in $(seq 1 50); do [ -b /dev/nvme0n1 ] && break; sleep 0.2; done
+  echo \"L2-NVME-HEAD=$(head -c 19 /dev/nvme0n1)\"
+  echo \"L2-NVME-SERIAL=$(cat /sys/class/nvme/nvme0/serial)\"
+  head -c 19 /dev/nvme0n1 > /tmp/copy
+  echo ' copied by L2' >> /tmp/copy
+  dd if=/tmp/copy of=/dev/nvme0n1 bs=512 seek=8 conv=notrunc,fsync 2>/dev/null && echo L2-NVME-WRITE-OK
+  modes=$(cat /sys/bus/pci/devices/*/msi_irqs/*)
+  echo \"L2-NVME-VECTORS msix=$(echo \"$modes\" | grep -c '^msix$') msi=$(echo \"$modes\" | grep -c '^msi$')\"
+  grep nvme0q /proc/interrupts | sed 's/^/L2-IRQ/'
+fi
 poweroff -f
 ";
 
@@ -171,6 +184,44 @@ dmesg | grep -i -e vfio -e dmar | tail -8
 exit $rc
 ";
 
+/// MSI-X through `--device vfio=`: QEMU's NVMe controller (behind the same IOMMU as edu) is
+/// bound to vfio-pci and passed through to the probe, whose NVMe driver (`probe.nvme`)
+/// programs two MSI-X vectors in the table in BAR 0, identifies the controller on the admin
+/// queue (vector 0) and reads LBA 0 through an I/O queue pair (vector 1). Then the Debian
+/// kernel boots as L2 with the same function: its own nvme driver sets up MSI-X, reads LBA 0,
+/// and copies it to sector 8 with a flush, which the host later finds in the image file. The
+/// DSDT has no PCI host bridge yet, so Linux finds bus 0 only through `pci=lastbus=1` (it
+/// scans the buses up to that one that ACPI did not name). The VFIO modules are loaded by
+/// the edu step unless already there.
+const VFIO_NVME_STEP: &str = "vfio-nvme";
+/// The serial number L1's NVMe controller reports, and the head of its disk's LBA 0.
+const NVME_SERIAL: &str = "edgevisor";
+const NVME_LBA0: &[u8] = b"edgevisor-nvme-disk";
+const VFIO_NVME_SCRIPT: &str = "status=0
+for m in vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci; do
+  [ -d /sys/module/$(echo $m | tr - _) ] || insmod /vfio/$m.ko || { echo \"insmod $m failed\"; status=1; }
+done
+bdf=
+for d in /sys/bus/pci/devices/*; do
+  [ \"$(cat $d/class)\" = 0x010802 ] && bdf=${d##*/}
+done
+echo \"NVME-BDF=$bdf GROUP=$(basename $(readlink /sys/bus/pci/devices/$bdf/iommu_group)) DRIVER=$(basename $(readlink /sys/bus/pci/devices/$bdf/driver) 2>/dev/null)\"
+if [ -z \"$bdf\" ] || [ $status != 0 ]; then exit 1; fi
+ls /sys/bus/pci/devices/$bdf/iommu_group/devices
+edgevisor sriov bind-vfio $bdf
+edgevisor sriov check $bdf
+edgevisor run --device vfio=$bdf --cmdline \"probe.pci probe.nvme probe.exit=poweroff\" --timings
+rc=$?
+echo \"EXIT=$rc\"
+edgevisor run --kernel /l2/vmlinuz --initrd /l2/initrd --mem 256M --device vfio=$bdf \\
+  --cmdline \"console=ttyS0 reboot=k panic=-1 pci=lastbus=1 l2.nvme\"
+l2rc=$?
+echo \"L2-EXIT=$l2rc\"
+dmesg | grep -i -e vfio -e dmar | tail -8
+[ $rc = 0 ] && rc=$l2rc
+exit $rc
+";
+
 /// Runs `command`, prints `EXIT=<status>` and exits with that status.
 fn exit_recorded(command: &str) -> String {
     format!("{command}\nrc=$?\necho \"EXIT=$rc\"\nexit $rc\n")
@@ -184,6 +235,8 @@ struct Boot {
     kernel: DebianKernel,
     probes: Vec<String>,
     run: L1Run,
+    /// Sector 8 of L1's NVMe disk image after QEMU exited (L2 writes it).
+    nvme_sector8: Vec<u8>,
 }
 
 fn boot_l1() -> Result<Boot, NestedError> {
@@ -238,8 +291,25 @@ fn boot_l1() -> Result<Boot, NestedError> {
         l1.initramfs().add_file(&format!("/vfio/{name}"), module)?;
     }
     l1.step(Step::new(VFIO_STEP, VFIO_SCRIPT).with_timeout(90))?;
+    let nvme_disk = work.path().join("nvme.img");
+    let mut disk = vec![0u8; 1 << 20];
+    disk[..NVME_LBA0.len()].copy_from_slice(NVME_LBA0);
+    std::fs::write(&nvme_disk, disk).map_err(|source| NestedError::Io {
+        path: nvme_disk.clone(),
+        source,
+    })?;
+    l1.with_nvme(&nvme_disk, NVME_SERIAL);
+    l1.step(Step::new(VFIO_NVME_STEP, VFIO_NVME_SCRIPT).with_timeout(90))?;
 
     let run = l1.boot(work.path(), L1_BOOT_ALLOWANCE)?;
+    let nvme_sector8 = std::fs::read(&nvme_disk)
+        .map_err(|source| NestedError::Io {
+            path: nvme_disk.clone(),
+            source,
+        })?
+        .get(4096..4096 + 512)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
     eprintln!(
         "nested: {} {} booted in L1; QEMU ran {:.1} s; all steps done: {}",
         kernel.package,
@@ -261,6 +331,7 @@ fn boot_l1() -> Result<Boot, NestedError> {
         kernel,
         probes,
         run,
+        nvme_sector8,
     })
 }
 
@@ -454,6 +525,86 @@ fn edu_passed_through_with_vfio_answers_the_probe_with_dma_and_msi() {
     assert!(has("PROBE PASS"), "{}", show(&out));
     assert!(has("EXIT=0"), "{}", show(&out));
     assert_eq!(out.rc, 0, "{}", show(&out));
+}
+
+#[test]
+fn nvme_passed_through_with_vfio_answers_the_probe_with_msix() {
+    let out = step(VFIO_NVME_STEP);
+    let has = |needle: &str| out.has_line_containing(needle);
+    assert!(!has("failed"), "{}", show(&out));
+    assert!(
+        has("NVME-BDF=0000:"),
+        "L1 has no NVMe function: {}",
+        show(&out)
+    );
+    // The probe sees the host bridge, then the controller with its 16 KiB 64-bit BAR 0
+    // (registers, doorbells, the MSI-X table and pending bits) in the PCI window.
+    assert!(
+        has("probe: pci 00:00.0 8086:0d57 class=060000"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        has("probe: pci 00:01.0 1b36:0010 class=010802 bar0=mem64@0xc0000000+0x4000"),
+        "{}",
+        show(&out)
+    );
+    // Identify Controller and the read of LBA 0 DMA'd through the IOMMU mapping of guest
+    // RAM; their completions raised MSI-X vectors 0 and 1, routed to vectors 0x42 and 0x43.
+    let expected = format!(
+        "probe: nvme vid=0x1b36 serial={NVME_SERIAL} admin-msix=0x42 lba0={} io-msix=0x43",
+        String::from_utf8_lossy(NVME_LBA0)
+    );
+    assert!(has(&expected), "no {expected:?} in {}", show(&out));
+    assert!(has("PROBE PASS"), "{}", show(&out));
+    assert!(has("EXIT=0"), "{}", show(&out));
+
+    // The Debian kernel's nvme driver in L2, on MSI-X (the controller has no MSI capability).
+    let head = format!("L2-NVME-HEAD={}", String::from_utf8_lossy(NVME_LBA0));
+    assert!(has(&head), "{}", show(&out));
+    assert!(
+        has(&format!("L2-NVME-SERIAL={NVME_SERIAL}")),
+        "{}",
+        show(&out)
+    );
+    assert!(has("L2-NVME-WRITE-OK"), "{}", show(&out));
+    let vectors = out
+        .output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("L2-NVME-VECTORS "))
+        .unwrap_or_else(|| panic!("no vector count from L2: {}", show(&out)));
+    let msix: u32 = vectors
+        .strip_prefix("msix=")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        msix >= 2 && vectors.ends_with(" msi=0"),
+        "L2's nvme driver should use MSI-X only, admin and I/O queue apart: {vectors}; {}",
+        show(&out)
+    );
+    // Interrupts counted on the admin queue and on the I/O queue, each its own vector.
+    for queue in ["nvme0q0", "nvme0q1"] {
+        let count: u64 = out
+            .output
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("L2-IRQ"))
+            .find(|l| l.trim_end().ends_with(queue))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no /proc/interrupts line for {queue}: {}", show(&out)));
+        assert!(count > 0, "no interrupt on {queue}: {}", show(&out));
+    }
+    assert!(has("L2-EXIT=0"), "{}", show(&out));
+    assert_eq!(out.rc, 0, "{}", show(&out));
+    // L2's write and flush reached the image file on the host through two VFIO levels.
+    let copied = [NVME_LBA0, b" copied by L2"].concat();
+    let sector8 = &boot().nvme_sector8;
+    assert!(
+        sector8.starts_with(&copied),
+        "sector 8 of the NVMe image: {:?}",
+        String::from_utf8_lossy(&sector8[..sector8.len().min(40)])
+    );
 }
 
 #[test]

@@ -9,6 +9,9 @@
  *              guest RAM at 7 MiB, and an MSI: vector 0x40 to APIC 0, with interrupts off,
  *              checked in the local APIC's IRR (no IDT needed).
  *
+ *   probe.nvme drive the first NVMe controller (class 01:08:02) on that bus with MSI-X
+ *              interrupts: see nvme.c.
+ *
  *   probe.pcidump  also print each function's 256 configuration bytes, as hex, on one
  *              `probe: pcicfg BB:DD.F <hex>` line (how the test data of devices/tests was
  *              recorded from QEMU's devices).
@@ -32,19 +35,19 @@ static inline u32 inl(u16 port)
 	return v;
 }
 
-static u32 cfg_read(u32 dev, u32 reg)
+u32 pci_cfg_read(u32 dev, u32 reg)
 {
 	outl(CONFIG_ADDRESS, 0x80000000u | (dev << 11) | (reg & 0xfc));
 	return inl(CONFIG_DATA);
 }
 
-static void cfg_write(u32 dev, u32 reg, u32 value)
+void pci_cfg_write(u32 dev, u32 reg, u32 value)
 {
 	outl(CONFIG_ADDRESS, 0x80000000u | (dev << 11) | (reg & 0xfc));
 	outl(CONFIG_DATA, value);
 }
 
-static int has_word(const char *word)
+int pci_has_word(const char *word)
 {
 	const char *p = cmdline_find(word, 0, 1);
 	return p && word_end(*p);
@@ -58,26 +61,26 @@ static void put_bdf(u32 dev)
 }
 
 /* Address of memory BAR `i` of `dev` (0 for none), its size in *size; sized in place. */
-static u64 bar_probe(u32 dev, u32 i, u64 *size, int *is64)
+u64 pci_bar_probe(u32 dev, u32 i, u64 *size, int *is64)
 {
 	u32 reg = 0x10 + 4 * i;
-	u32 orig = cfg_read(dev, reg);
+	u32 orig = pci_cfg_read(dev, reg);
 	*size = 0;
 	*is64 = 0;
 	if (orig & 1)
 		return 0; /* I/O BAR */
 	*is64 = ((orig >> 1) & 3) == 2;
-	u32 orig_hi = *is64 ? cfg_read(dev, reg + 4) : 0;
-	cfg_write(dev, reg, 0xffffffffu);
-	u64 mask = cfg_read(dev, reg) & ~0xfu;
+	u32 orig_hi = *is64 ? pci_cfg_read(dev, reg + 4) : 0;
+	pci_cfg_write(dev, reg, 0xffffffffu);
+	u64 mask = pci_cfg_read(dev, reg) & ~0xfu;
 	if (*is64) {
-		cfg_write(dev, reg + 4, 0xffffffffu);
-		mask |= (u64)cfg_read(dev, reg + 4) << 32;
-		cfg_write(dev, reg + 4, orig_hi);
+		pci_cfg_write(dev, reg + 4, 0xffffffffu);
+		mask |= (u64)pci_cfg_read(dev, reg + 4) << 32;
+		pci_cfg_write(dev, reg + 4, orig_hi);
 	} else {
 		mask |= 0xffffffff00000000ull;
 	}
-	cfg_write(dev, reg, orig);
+	pci_cfg_write(dev, reg, orig);
 	if ((mask & 0xffffffff) == 0)
 		return 0; /* not implemented */
 	*size = ~mask + 1;
@@ -86,7 +89,7 @@ static u64 bar_probe(u32 dev, u32 i, u64 *size, int *is64)
 
 static void print_function(u32 dev, u32 id)
 {
-	u32 class = cfg_read(dev, 0x08) >> 8;
+	u32 class = pci_cfg_read(dev, 0x08) >> 8;
 	put_str("probe: pci ");
 	put_bdf(dev);
 	probe_putc(' ');
@@ -98,7 +101,7 @@ static void print_function(u32 dev, u32 id)
 	for (u32 i = 0; i < 6; i++) {
 		u64 size;
 		int is64;
-		u64 addr = bar_probe(dev, i, &size, &is64);
+		u64 addr = pci_bar_probe(dev, i, &size, &is64);
 		if (!size)
 			continue;
 		put_str(" bar");
@@ -119,7 +122,7 @@ static void dump_function(u32 dev)
 	put_bdf(dev);
 	probe_putc(' ');
 	for (u32 reg = 0; reg < 256; reg += 4) {
-		u32 v = cfg_read(dev, reg);
+		u32 v = pci_cfg_read(dev, reg);
 		for (u32 b = 0; b < 4; b++)
 			probe_put_hex((v >> (8 * b)) & 0xff, 2);
 	}
@@ -143,7 +146,6 @@ static void dump_function(u32 dev)
 #define DMA_RAM_DST     0x701000ULL
 #define DMA_LEN         256
 #define MSI_VECTOR      0x40
-#define LAPIC_BASE      0xfee00000ULL
 
 static u32 rd(u64 bar, u32 off)
 {
@@ -164,13 +166,13 @@ static void wait_clear(u64 bar, u32 off, u32 bit, const char *what)
 			probe_fail("pci", what);
 }
 
-static u32 find_cap(u32 dev, u8 id)
+u32 pci_find_cap(u32 dev, u8 id)
 {
-	if (!((cfg_read(dev, 0x04) >> 16) & (1 << 4)))
+	if (!((pci_cfg_read(dev, 0x04) >> 16) & (1 << 4)))
 		return 0;
-	u32 p = cfg_read(dev, 0x34) & 0xfc;
+	u32 p = pci_cfg_read(dev, 0x34) & 0xfc;
 	for (int n = 0; p >= 0x40 && n < 48; n++) {
-		u32 head = cfg_read(dev, p);
+		u32 head = pci_cfg_read(dev, p);
 		if ((head & 0xff) == id)
 			return p;
 		p = (head >> 8) & 0xfc;
@@ -182,11 +184,11 @@ static void edu_checks(u32 dev)
 {
 	u64 size;
 	int is64;
-	u64 bar = bar_probe(dev, 0, &size, &is64);
+	u64 bar = pci_bar_probe(dev, 0, &size, &is64);
 	if (!size || !bar)
 		probe_fail("pci", "edu: BAR0 is not a placed memory BAR");
 	/* Memory decoding and bus mastering (DMA and MSI writes). */
-	cfg_write(dev, 0x04, (cfg_read(dev, 0x04) & 0xffff) | 0x6);
+	pci_cfg_write(dev, 0x04, (pci_cfg_read(dev, 0x04) & 0xffff) | 0x6);
 
 	u32 id = rd(bar, EDU_ID);
 	put_str("probe: edu id=");
@@ -232,19 +234,19 @@ static void edu_checks(u32 dev)
 	probe_put_dec(DMA_LEN);
 
 	/* MSI: fixed delivery of MSI_VECTOR to APIC 0, interrupts off, seen in the IRR. */
-	u32 msi = find_cap(dev, 0x05);
+	u32 msi = pci_find_cap(dev, 0x05);
 	if (!msi)
 		probe_fail("pci", "edu: no MSI capability");
-	u32 control = cfg_read(dev, msi) >> 16;
+	u32 control = pci_cfg_read(dev, msi) >> 16;
 	int msi64 = (control >> 7) & 1;
 	__asm__ volatile("cli");
 	volatile u32 *svr = (volatile u32 *)(usize)(LAPIC_BASE + 0xf0);
 	*svr = *svr | 0x100; /* software-enable the local APIC */
-	cfg_write(dev, msi + 4, (u32)LAPIC_BASE);
+	pci_cfg_write(dev, msi + 4, (u32)LAPIC_BASE);
 	if (msi64)
-		cfg_write(dev, msi + 8, 0);
-	cfg_write(dev, msi + (msi64 ? 0xc : 0x8), MSI_VECTOR);
-	cfg_write(dev, msi, (cfg_read(dev, msi) & 0xffff) | ((control | 1) << 16));
+		pci_cfg_write(dev, msi + 8, 0);
+	pci_cfg_write(dev, msi + (msi64 ? 0xc : 0x8), MSI_VECTOR);
+	pci_cfg_write(dev, msi, (pci_cfg_read(dev, msi) & 0xffff) | ((control | 1) << 16));
 	wr(bar, EDU_IRQ_RAISE, 0x1);
 	volatile u32 *irr = (volatile u32 *)(usize)(LAPIC_BASE + 0x200 + (MSI_VECTOR / 32) * 0x10);
 	struct deadline dl;
@@ -259,14 +261,15 @@ static void edu_checks(u32 dev)
 
 void pci_checks(void)
 {
-	int scan = has_word("probe.pci");
-	int edu = has_word("probe.edu");
-	int dump = has_word("probe.pcidump");
-	if (!scan && !edu && !dump)
+	int scan = pci_has_word("probe.pci");
+	int edu = pci_has_word("probe.edu");
+	int nvme = pci_has_word("probe.nvme");
+	int dump = pci_has_word("probe.pcidump");
+	if (!scan && !edu && !nvme && !dump)
 		return;
-	u32 edu_dev = 32, count = 0;
+	u32 edu_dev = 32, nvme_dev = 32, count = 0;
 	for (u32 dev = 0; dev < 32; dev++) {
-		u32 id = cfg_read(dev, 0);
+		u32 id = pci_cfg_read(dev, 0);
 		if ((id & 0xffff) == 0xffff)
 			continue;
 		count++;
@@ -276,6 +279,8 @@ void pci_checks(void)
 			dump_function(dev);
 		if (id == 0x11e81234 && edu_dev == 32)
 			edu_dev = dev;
+		if ((pci_cfg_read(dev, 0x08) >> 8) == 0x010802 && nvme_dev == 32)
+			nvme_dev = dev;
 	}
 	if (!count)
 		probe_fail("pci", "no function answers on bus 0 (no PCI bus?)");
@@ -283,5 +288,10 @@ void pci_checks(void)
 		if (edu_dev == 32)
 			probe_fail("pci", "probe.edu: no 1234:11e8 function on bus 0");
 		edu_checks(edu_dev);
+	}
+	if (nvme) {
+		if (nvme_dev == 32)
+			probe_fail("nvme", "probe.nvme: no NVMe function (class 01:08:02) on bus 0");
+		nvme_checks(nvme_dev);
 	}
 }

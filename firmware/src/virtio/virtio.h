@@ -65,6 +65,15 @@ static inline void mb(void)
 
 /* ---- pci.c: PCI bus scan and the edu device checks (probe.pci, probe.edu) ---------------- */
 void pci_checks(void);
+u32 pci_cfg_read(u32 dev, u32 reg);		/* bus 0, function 0, mechanism #1 */
+void pci_cfg_write(u32 dev, u32 reg, u32 value);
+u64 pci_bar_probe(u32 dev, u32 i, u64 *size, int *is64); /* address of memory BAR i, sized */
+u32 pci_find_cap(u32 dev, u8 id);	/* capability offset, 0 if absent */
+int pci_has_word(const char *word);	/* `word` is on the command line */
+#define LAPIC_BASE 0xfee00000ULL
+
+/* ---- nvme.c: an NVMe controller on bus 0 (probe.nvme), interrupts through MSI-X ---------- */
+void nvme_checks(u32 dev);
 
 /* ---- the scratch area (guest RAM the driver owns) ---------------------------------------- */
 #define SCRATCH_BASE      0x400000ULL	/* 4 MiB */

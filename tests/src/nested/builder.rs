@@ -117,6 +117,23 @@ impl L1Builder {
         self
     }
 
+    /// Adds QEMU's emulated NVMe controller (1b36:0010, MSI-X with its table in BAR 0) with
+    /// serial number `serial`, backed by the raw image `disk`. Call it after
+    /// [`L1Builder::with_edu_behind_an_iommu`]: QEMU puts a device behind the IOMMU only when
+    /// the IOMMU was created first.
+    pub fn with_nvme(&mut self, disk: &Path, serial: &str) -> &mut Self {
+        self.extra_args.push("-drive".to_string());
+        self.extra_args.push(format!(
+            "if=none,id=nvme0,format=raw,file={}",
+            // QEMU's option syntax escapes a comma by doubling it.
+            disk.display().to_string().replace(',', ",,")
+        ));
+        self.extra_args.push("-device".to_string());
+        self.extra_args
+            .push(format!("nvme,serial={serial},drive=nvme0"));
+        self
+    }
+
     /// The initramfs, to add files, executables and directories.
     pub fn initramfs(&mut self) -> &mut Initramfs {
         &mut self.initramfs
