@@ -372,7 +372,17 @@ fn prepare_guest(
     cpu::write_boot_tables(mem)?;
     let vcpus = shared.vcpu_count() as u8;
     mptable::write(mem, vcpus)?;
-    acpi::write(mem, vcpus, &virtio::acpi_devices(guest.virtio_devices))?;
+    // With a PCI bus, the DSDT names its host bridge so Linux scans bus 0.
+    let pci_root = pci.map(|_| crate::arch::x86_64::aml::PciRoot {
+        window_start: layout::PCI_MMIO_START as u32,
+        window_end: (layout::PCI_MMIO_END - 1) as u32,
+    });
+    acpi::write(
+        mem,
+        vcpus,
+        &virtio::acpi_devices(guest.virtio_devices),
+        pci_root.as_ref(),
+    )?;
     let devices = build_devices(vm_fd, shared, console, pci)?;
     Ok(PreparedGuest {
         boot,

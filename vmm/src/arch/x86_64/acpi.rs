@@ -10,7 +10,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::aml::{self, MmioDevice};
+use super::aml::{self, MmioDevice, PciRoot};
 use super::mptable::{APIC_ADDR, IOAPIC_ADDR};
 
 /// Where the RSDP goes: the BIOS area Linux scans (0xE0000-0xFFFFF), reserved in the e820.
@@ -152,7 +152,11 @@ fn madt(cpus: u8) -> Vec<u8> {
 }
 
 /// The tables and where each goes: RSDP first, at RSDP_START.
-pub fn build(cpus: u8, virtio: &[MmioDevice]) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
+pub fn build(
+    cpus: u8,
+    virtio: &[MmioDevice],
+    pci: Option<&PciRoot>,
+) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     let align = |a: u64, to: u64| a.next_multiple_of(to);
     let xsdt_addr = RSDP_START + 64;
     let xsdt_len = 36 + 2 * 8; // two pointers: FADT, MADT
@@ -161,7 +165,7 @@ pub fn build(cpus: u8, virtio: &[MmioDevice]) -> Result<Vec<(u64, Vec<u8>)>, Acp
     let dsdt = {
         let mut t = Table::new(b"DSDT", 2);
         t.bytes(&DSDT_S5);
-        t.bytes(&aml::virtio_mmio_scope(virtio));
+        t.bytes(&aml::system_bus_scope(virtio, pci));
         t.finish()
     };
     let dsdt_addr = align(facs_addr + facs.len() as u64, 16);
@@ -197,8 +201,13 @@ pub fn build(cpus: u8, virtio: &[MmioDevice]) -> Result<Vec<(u64, Vec<u8>)>, Acp
 }
 
 /// Writes the tables for `cpus` vCPUs; returns the RSDP's address.
-pub fn write(mem: &GuestMemoryMmap, cpus: u8, virtio: &[MmioDevice]) -> Result<u64, AcpiError> {
-    for (addr, bytes) in build(cpus, virtio)? {
+pub fn write(
+    mem: &GuestMemoryMmap,
+    cpus: u8,
+    virtio: &[MmioDevice],
+    pci: Option<&PciRoot>,
+) -> Result<u64, AcpiError> {
+    for (addr, bytes) in build(cpus, virtio, pci)? {
         mem.write_slice(&bytes, GuestAddress(addr))
             .map_err(AcpiError::GuestMemory)?;
     }
@@ -221,7 +230,7 @@ mod tests {
 
     #[test]
     fn every_table_is_well_formed_and_linked() {
-        let tables = build(4, &[]).unwrap();
+        let tables = build(4, &[], None).unwrap();
         let find = |addr: u64| &tables.iter().find(|(a, _)| *a == addr).unwrap().1;
         let rsdp = find(RSDP_START);
         assert_eq!(&rsdp[0..8], b"RSD PTR ");
@@ -256,7 +265,7 @@ mod tests {
 
     #[test]
     fn madt_lists_each_cpu_once_and_one_ioapic() {
-        let tables = build(3, &[]).unwrap();
+        let tables = build(3, &[], None).unwrap();
         let madt = &tables.iter().find(|(_, t)| &t[0..4] == b"APIC").unwrap().1;
         let mut off = 44;
         let (mut cpus, mut ioapics) = (Vec::new(), 0);
@@ -289,7 +298,7 @@ mod tests {
 
     #[test]
     fn virtio_devices_are_described_in_the_dsdt() {
-        let tables = build(1, &full_virtio()[..2]).unwrap();
+        let tables = build(1, &full_virtio()[..2], None).unwrap();
         let dsdt = &tables[3].1;
         assert_eq!(&dsdt[0..4], b"DSDT");
         assert_eq!(u32_at(dsdt, 4) as usize, dsdt.len());
@@ -300,8 +309,24 @@ mod tests {
     }
 
     #[test]
+    fn a_pci_bus_puts_its_host_bridge_in_the_dsdt() {
+        let root = PciRoot {
+            window_start: 0xc000_0000,
+            window_end: 0xcfff_ffff,
+        };
+        let tables = build(1, &full_virtio()[..1], Some(&root)).unwrap();
+        let dsdt = &tables[3].1;
+        assert_eq!(u32_at(dsdt, 4) as usize, dsdt.len());
+        assert_eq!(sum(dsdt), 0);
+        assert_eq!(dsdt.windows(4).filter(|w| *w == b"PCI0").count(), 1);
+        assert_eq!(dsdt.windows(8).filter(|w| *w == b"LNRO0005").count(), 1);
+        let without = build(1, &full_virtio()[..1], None).unwrap();
+        assert!(!without[3].1.windows(4).any(|w| w == b"PCI0"));
+    }
+
+    #[test]
     fn the_largest_guest_still_fits() {
-        let tables = build(254, &full_virtio()).unwrap();
+        let tables = build(254, &full_virtio(), None).unwrap();
         let (addr, last) = tables.last().unwrap();
         assert!(addr + last.len() as u64 <= TABLES_END);
     }

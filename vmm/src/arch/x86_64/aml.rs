@@ -4,6 +4,10 @@
 //! This is how a kernel built without `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` (Debian's cloud
 //! kernel among them) finds virtio-mmio devices: the virtio_mmio driver matches the ACPI id
 //! LNRO0005.
+//!
+//! With a PCI bus (`--device vfio=`), the scope also holds the host bridge `PCI0` (PNP0A03),
+//! so a Linux guest finds bus 0 through ACPI, as it does on QEMU's or Cloud Hypervisor's
+//! machines, without `pci=` options.
 
 /// A virtio-mmio window to describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,13 +97,79 @@ fn device_name(index: usize) -> [u8; 4] {
     [b'V', b'R', hex[(index >> 4) & 0xf], hex[index & 0xf]]
 }
 
-/// `Scope (\_SB) { Device (VRnn) { _HID "LNRO0005", _UID n, _CRS ... } ... }`, or nothing
-/// when there are no devices.
-pub fn virtio_mmio_scope(devices: &[MmioDevice]) -> Vec<u8> {
-    if devices.is_empty() {
+/// The PCI host bridge to describe: bus 0 only, configuration mechanism #1 at 0xCF8, and
+/// the 32-bit window the BARs are placed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciRoot {
+    /// First address of the BAR window.
+    pub window_start: u32,
+    /// Last address of the BAR window (inclusive).
+    pub window_end: u32,
+}
+
+/// `EisaId ("PNP0A03")`, the compressed EISA id of a PCI host bridge, as a DWord constant.
+fn eisa_id(id: &[u8; 7]) -> Vec<u8> {
+    let letter = |c: u8| u16::from(c - b'@') & 0x1f;
+    let vendor = (letter(id[0]) << 10) | (letter(id[1]) << 5) | letter(id[2]);
+    let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+    let product = [
+        (hex(id[3]) << 4) | hex(id[4]),
+        (hex(id[5]) << 4) | hex(id[6]),
+    ];
+    // Stored big-endian: vendor's two bytes, then the product's.
+    let [v0, v1] = vendor.to_be_bytes();
+    let mut out = vec![0x0c];
+    out.extend_from_slice(&[v0, v1, product[0], product[1]]);
+    out
+}
+
+/// `ResourceTemplate () { WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode,
+/// 0, 0, 0, 0, 1); IO (Decode16, 0xCF8, 0xCF8, 1, 8); DWordMemory (ResourceProducer,
+/// PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, 0, start, end, 0, len) }`.
+fn pci_resources(root: &PciRoot) -> Vec<u8> {
+    // Word address space descriptor, bus number range 0-0.
+    let mut res = vec![0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00];
+    for v in [0u16, 0, 0, 0, 1] {
+        res.extend_from_slice(&v.to_le_bytes());
+    }
+    // I/O port descriptor: 16-bit decode, 0xCF8-0xCFF.
+    res.extend_from_slice(&[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]);
+    // DWord address space descriptor, memory, read-write, not cacheable.
+    res.extend_from_slice(&[0x87, 0x17, 0x00, 0x00, 0x0c, 0x01]);
+    let len = root
+        .window_end
+        .wrapping_sub(root.window_start)
+        .wrapping_add(1);
+    for v in [0u32, root.window_start, root.window_end, 0, len] {
+        res.extend_from_slice(&v.to_le_bytes());
+    }
+    res.extend_from_slice(&[0x79, 0x00]); // end tag (checksum 0: ignored)
+    let mut body = integer(res.len() as u32);
+    body.extend(res);
+    with_pkg(&[0x11], &body)
+}
+
+/// `Device (PCI0) { _HID EisaId ("PNP0A03"), _UID 0, _SEG 0, _BBN 0, _CRS ... }`.
+fn pci_root_device(root: &PciRoot) -> Vec<u8> {
+    let mut body = b"PCI0".to_vec();
+    body.extend(name(b"_HID", &eisa_id(b"PNP0A03")));
+    body.extend(name(b"_UID", &integer(0)));
+    body.extend(name(b"_SEG", &integer(0)));
+    body.extend(name(b"_BBN", &integer(0)));
+    body.extend(name(b"_CRS", &pci_resources(root)));
+    with_pkg(&[0x5b, 0x82], &body)
+}
+
+/// `Scope (\_SB) { Device (VRnn) { _HID "LNRO0005", _UID n, _CRS ... } ... }` (plus
+/// `Device (PCI0)` with a PCI bus), or nothing when there is neither.
+pub fn system_bus_scope(devices: &[MmioDevice], pci: Option<&PciRoot>) -> Vec<u8> {
+    if devices.is_empty() && pci.is_none() {
         return Vec::new();
     }
     let mut scope_body = vec![b'\\', b'_', b'S', b'B', b'_'];
+    if let Some(root) = pci {
+        scope_body.extend(pci_root_device(root));
+    }
     for (i, dev) in devices.iter().enumerate() {
         let mut body = device_name(i).to_vec();
         body.extend(name(b"_HID", &string("LNRO0005")));
@@ -126,11 +196,14 @@ mod tests {
 
     #[test]
     fn one_device_encodes_as_iasl_would() {
-        let aml = virtio_mmio_scope(&[MmioDevice {
-            base: 0xd000_0000,
-            len: 0x1000,
-            irq: 5,
-        }]);
+        let aml = system_bus_scope(
+            &[MmioDevice {
+                base: 0xd000_0000,
+                len: 0x1000,
+                irq: 5,
+            }],
+            None,
+        );
         // Scope, its length, \_SB_.
         assert_eq!(aml[0], 0x10);
         let (len_bytes, total) = if aml[1] & 0xc0 == 0 {
@@ -176,7 +249,7 @@ mod tests {
                 irq: 5 + i,
             })
             .collect();
-        let aml = virtio_mmio_scope(&devs);
+        let aml = system_bus_scope(&devs, None);
         for i in 0..9 {
             let name = format!("VR0{i}");
             assert_eq!(
@@ -185,6 +258,60 @@ mod tests {
                 "{name}"
             );
         }
-        assert!(virtio_mmio_scope(&[]).is_empty());
+        assert!(system_bus_scope(&[], None).is_empty());
+    }
+
+    #[test]
+    fn the_pci_host_bridge_encodes_as_iasl_would() {
+        let root = PciRoot {
+            window_start: 0xc000_0000,
+            window_end: 0xcfff_ffff,
+        };
+        assert_eq!(eisa_id(b"PNP0A03"), [0x0c, 0x41, 0xd0, 0x0a, 0x03]);
+        let aml = system_bus_scope(&[], Some(&root));
+        assert_eq!(aml[0], 0x10, "a Scope");
+        let dev = aml.windows(6).position(|w| w[..2] == [0x5b, 0x82]).unwrap();
+        let name_at = dev + 3 + usize::from(aml[dev + 2] >> 6);
+        assert_eq!(&aml[name_at..name_at + 4], b"PCI0");
+        let text = String::from_utf8_lossy(&aml).into_owned();
+        assert!(
+            aml.windows(9).any(|w| w == b"_HID\x0c\x41\xd0\x0a\x03"),
+            "{aml:02x?}"
+        );
+        for n in ["_UID\x00", "_SEG\x00", "_BBN\x00"] {
+            assert!(text.contains(n), "{n}: {aml:02x?}");
+        }
+        let crs = aml.windows(4).position(|w| w == b"_CRS").unwrap();
+        let res = &aml[crs + 4..];
+        assert_eq!(res[0], 0x11, "a Buffer");
+        let buf = &res[2..];
+        assert_eq!(buf[..2], [0x0a, 16 + 8 + 26 + 2], "buffer size");
+        let rt = &buf[2..];
+        // WordBusNumber: producer, min and max fixed, bus 0 to 0, length 1.
+        assert_eq!(rt[..6], [0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00]);
+        assert_eq!(rt[6..16], [0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        // IO (Decode16, 0xCF8, 0xCF8, 1, 8).
+        assert_eq!(rt[16..24], [0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]);
+        // DWordMemory over the window.
+        assert_eq!(rt[24..30], [0x87, 0x17, 0x00, 0x00, 0x0c, 0x01]);
+        let dword = |i: usize| u32::from_le_bytes(rt[30 + 4 * i..34 + 4 * i].try_into().unwrap());
+        assert_eq!(
+            (dword(0), dword(1), dword(2), dword(3), dword(4)),
+            (0, 0xc000_0000, 0xcfff_ffff, 0, 0x1000_0000)
+        );
+        assert_eq!(rt[50..52], [0x79, 0x00]);
+        assert_eq!(rt.len(), 52);
+        // Virtio devices follow the bridge in the same scope.
+        let both = system_bus_scope(
+            &[MmioDevice {
+                base: 0xd000_0000,
+                len: 0x1000,
+                irq: 5,
+            }],
+            Some(&root),
+        );
+        assert!(both.windows(4).any(|w| w == b"PCI0"));
+        assert!(both.windows(8).any(|w| w == b"LNRO0005"));
+        assert!(!system_bus_scope(&[], None).windows(4).any(|w| w == b"PCI0"));
     }
 }
