@@ -19,31 +19,11 @@ fn probe_scans_q35_and_drives_qemus_edu_device() {
         eprintln!("EDGEVISOR_SKIP_KVM_TESTS is set: not booting the probe in QEMU");
         return;
     }
-    let image = Path::new(env!("OUT_DIR")).join("probe-pvh.elf");
-    let output = Command::new("timeout")
-        .args(["-k", "5", "120", "qemu-system-x86_64"])
-        .args(["-M", "q35", "-accel", "kvm"])
-        .args([
-            "-cpu",
-            "host,-arch-capabilities,+invtsc,vmware-cpuid-freq=on",
-        ])
-        .args(["-m", "128", "-nodefaults", "-no-user-config", "-nographic"])
-        .args(["-serial", "stdio"])
-        .args(["-device", "isa-debug-exit,iobase=0x501,iosize=1"])
-        .args(["-device", "edu"])
-        .arg("-kernel")
-        .arg(&image)
-        .args(["-append", "probe.pci probe.edu probe.exit=debug=5"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run qemu-system-x86_64 under timeout (scripts/install-test-deps.sh)");
-    let serial = String::from_utf8_lossy(&output.stdout).replace('\r', "");
-    assert_eq!(
-        output.status.code(),
-        Some(11),
-        "the probe did not pass:\n{serial}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let (code, serial) = run_probe(
+        &["-device", "edu"],
+        "probe.pci probe.edu probe.exit=debug=5",
     );
+    assert_eq!(code, Some(11), "the probe did not pass:\n{serial}");
     let pci: Vec<&str> = serial
         .lines()
         .filter(|l| l.starts_with("probe: pci "))

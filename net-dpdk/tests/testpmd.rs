@@ -146,13 +146,7 @@ fn testpmd_forwards_between_two_guests_and_survives_a_restart() {
         pmd.log_text()
     );
     assert!(
-        wait_until(Duration::from_secs(5), || {
-            pmd.log_text()
-                .matches("virtio is now ready for processing")
-                .count()
-                >= 2
-        })
-        .is_some(),
+        pmd.both_ports_ready(Duration::from_secs(5)),
         "testpmd does not report both ports ready: {}",
         pmd.log_text()
     );
@@ -186,13 +180,7 @@ fn testpmd_forwards_between_two_guests_and_survives_a_restart() {
     );
     // As at the start: testpmd forwards only once it has both ports' rings in hand.
     assert!(
-        wait_until(Duration::from_secs(5), || {
-            pmd.log_text()
-                .matches("virtio is now ready for processing")
-                .count()
-                >= 2
-        })
-        .is_some(),
+        pmd.both_ports_ready(Duration::from_secs(5)),
         "the restarted testpmd does not report both ports ready: {}",
         pmd.log_text()
     );

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 /// OVS's DPDK memory (`dpdk-socket-mem`, MiB) and the 2 MiB pages it needs, with room.
 const SOCKET_MEM_MIB: u64 = 128;
 const OVS_PAGES: u64 = SOCKET_MEM_MIB / 2 + 16;
@@ -29,21 +28,15 @@ const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 /// are stopped and the hugepage pool is put back on drop.
 struct Ovs {
     dir: PathBuf,
-    pool_before: String,
+    /// Dropped after the daemons are killed.
+    _pages: Hugepages,
 }
 
 impl Ovs {
     fn start(dir: &Path) -> Ovs {
-        let pool_before = std::fs::read_to_string(NR_HUGEPAGES).expect("nr_hugepages (root?)");
-        let total: u64 = pool_before.trim().parse().unwrap_or(0);
-        let free = free_hugepages();
-        if free < OVS_PAGES {
-            std::fs::write(NR_HUGEPAGES, (total + OVS_PAGES - free).to_string())
-                .expect("grow the hugepage pool");
-        }
         let ovs = Ovs {
             dir: dir.to_path_buf(),
-            pool_before,
+            _pages: Hugepages::reserve(OVS_PAGES),
         };
         assert!(
             free_hugepages() >= OVS_PAGES,
@@ -174,7 +167,6 @@ impl Drop for Ovs {
             }
         }
         std::thread::sleep(Duration::from_millis(200));
-        let _ = std::fs::write(NR_HUGEPAGES, self.pool_before.trim());
     }
 }
 

@@ -52,16 +52,6 @@ impl Drop for Reserved {
     }
 }
 
-fn free_hugepages() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("HugePages_Free:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// A running `edgevisor run ... --cmdline probe.exit=hang`, stopped with SIGTERM on drop.
 struct Running(Child);
 

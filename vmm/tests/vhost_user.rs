@@ -44,35 +44,13 @@ fn two_guests_exchange_frames_through_testpmd_and_reconnect_after_it_restarts() 
     let s1 = dir.join("port1.sock");
     let mut pmd = Testpmd::start(&dir, [&s0, &s1], 1, "first");
 
-    let args_a = guest_args(&s0, MAC_A);
-    let args_b = guest_args(&s1, MAC_B);
-    let a = Vmm::start(
+    // Each probe waits 2 s for its frame to be taken and 5 s for one to arrive.
+    let (a, b) = start_two_guests(
         &dir,
-        "a",
-        &args_a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &mut pmd,
+        &guest_args(&s0, MAC_A),
+        &guest_args(&s1, MAC_B),
     );
-    let b = Vmm::start(
-        &dir,
-        "b",
-        &args_b.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-
-    // Forwarding starts only when both guests' rings are in testpmd's hands; a frame sent
-    // to a port whose guest is not ready yet would be dropped. Each probe waits 2 s for its
-    // frame to be taken and 5 s for one to arrive. (--no-flush-rx: by default "start" first
-    // drains and frees whatever waits in the RX queues, which here are the guests' frames.)
-    assert!(
-        pmd.wait_for(
-            "virtio is now ready for processing",
-            2,
-            Duration::from_secs(20)
-        ),
-        "testpmd never saw both devices ready\n{}\nA:\n{}\nB:\n{}",
-        pmd.log_text(),
-        a.show(),
-        b.show()
-    );
-    pmd.command("start");
 
     // The handshake as testpmd saw it, per port.
     let log = pmd.log_text();

@@ -322,7 +322,6 @@ void virtio_blk_bench(struct vdev *d)
 /* ---- net ------------------------------------------------------------------------------------- */
 
 #define NET_TX_QUEUE 1
-#define NET_HDR_LEN 12
 #define NET_SLOT 2048
 #define NET_SMALL 64
 

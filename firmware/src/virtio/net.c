@@ -8,16 +8,13 @@
 
 #define NET_RX_QUEUE 0
 #define NET_TX_QUEUE 1
-#define NET_HDR_LEN 12		/* virtio_net_hdr_v1, num_buffers included (virtio 1.x) */
-#define NET_RX_BUF 2048		/* header + a 1514-byte frame, rounded up */
-#define NET_RX_BUFS 4
 #define NET_ETHERTYPE 0x88b5	/* IEEE local experimental ethertype 1 */
 #define NET_TX_MS 2000
 #define NET_RX_MS 5000
 
 static const char tx_payload[] = "edgevisor-probe-net-tx";
 
-static void put_mac(const u8 *mac)
+void net_put_mac(const u8 *mac)
 {
 	for (int i = 0; i < 6; i++) {
 		if (i)
@@ -43,15 +40,15 @@ static int net_traffic_wanted(void)
 	probe_fail("cmdline", "unknown probe.net= value: use on, off or mq");
 }
 
-static void post_rx(struct vdev *d, u32 index)
+void net_post_rx(struct vdev *d, u32 queue, u64 off, u32 id)
 {
-	struct vbuf b = {buffer_addr(d, (u64)index * NET_RX_BUF), NET_RX_BUF, 1};
-	vq_submit(&d->queues[NET_RX_QUEUE], (u16)index, &b, 1);
+	struct vbuf b = {buffer_addr(d, off + (u64)id * NET_RX_BUF), NET_RX_BUF, 1};
+	vq_submit(&d->queues[queue], (u16)id, &b, 1);
 }
 
-static void send_frame(struct vdev *d, const u8 *mac)
+void net_send_frame(struct vdev *d, u32 queue, u64 off, const u8 *mac)
 {
-	u8 *buf = (u8 *)(usize)buffer_addr(d, NET_RX_BUFS * NET_RX_BUF);
+	u8 *buf = (u8 *)(usize)buffer_addr(d, off);
 	u8 *frame = buf + NET_HDR_LEN;
 	u32 len = 14 + sizeof(tx_payload) - 1;
 
@@ -62,15 +59,13 @@ static void send_frame(struct vdev *d, const u8 *mac)
 	frame[13] = NET_ETHERTYPE & 0xff;
 	memcpy(frame + 14, tx_payload, sizeof(tx_payload) - 1);
 	struct vbuf b = {(usize)buf, NET_HDR_LEN + len, 0};
-	vq_transact(&d->queues[NET_TX_QUEUE], &b, 1, NET_TX_MS,
+	vq_transact(&d->queues[queue], &b, 1, NET_TX_MS,
 		    "the device did not consume a transmitted frame within 2000 ms at base=");
 }
 
-/* The first received frame of ethertype 0x88b5 within NET_RX_MS: returns its length (after
- * the header) and points *frame at it, or returns 0. Other frames go back to the ring. */
-static u32 receive_frame(struct vdev *d, const u8 **frame)
+u32 net_receive_frame(struct vdev *d, u32 queue, u64 off, const u8 **frame)
 {
-	struct vq *rx = &d->queues[NET_RX_QUEUE];
+	struct vq *rx = &d->queues[queue];
 	struct deadline dl;
 	u32 id, len;
 	deadline_start(&dl, NET_RX_MS);
@@ -80,12 +75,13 @@ static u32 receive_frame(struct vdev *d, const u8 **frame)
 		if (len < NET_HDR_LEN + 14 || len > NET_RX_BUF)
 			probe_fail_hex(d->check, "received a frame of impossible length: used len=",
 				       len);
-		const u8 *f = (const u8 *)(usize)buffer_addr(d, (u64)id * NET_RX_BUF) + NET_HDR_LEN;
+		const u8 *f = (const u8 *)(usize)buffer_addr(d, off + (u64)id * NET_RX_BUF) +
+			      NET_HDR_LEN;
 		if (f[12] == (NET_ETHERTYPE >> 8) && f[13] == (NET_ETHERTYPE & 0xff)) {
 			*frame = f;
 			return len - NET_HDR_LEN;
 		}
-		post_rx(d, id);
+		net_post_rx(d, queue, off, id);
 		vq_notify(rx);
 	}
 	return 0;
@@ -111,10 +107,10 @@ void virtio_net_check(struct vdev *d)
 	u32 rx_len = 0;
 	if (traffic) {
 		for (u32 i = 0; i < NET_RX_BUFS; i++)
-			post_rx(d, i);
+			net_post_rx(d, NET_RX_QUEUE, 0, i);
 		vq_notify(&d->queues[NET_RX_QUEUE]);
-		send_frame(d, mac);
-		rx_len = receive_frame(d, &frame);
+		net_send_frame(d, NET_TX_QUEUE, NET_RX_BUFS * NET_RX_BUF, mac);
+		rx_len = net_receive_frame(d, NET_RX_QUEUE, 0, &frame);
 	}
 	u64 rx_fnv = rx_len ? fnv1a64(frame, rx_len) : 0;
 	virtio_reset(d);
@@ -122,7 +118,7 @@ void virtio_net_check(struct vdev *d)
 	put_dev_prefix(d, "net");
 	put_str(" mac=");
 	if (have_mac)
-		put_mac(mac);
+		net_put_mac(mac);
 	else
 		put_str("none");
 	if (!traffic) {

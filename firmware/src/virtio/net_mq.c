@@ -17,11 +17,6 @@
 #define MQ_RX1        2
 #define MQ_TX1        3
 #define MQ_CTRL       (2 * MQ_PAIRS)
-#define MQ_HDR_LEN    12
-#define MQ_BUF        2048
-#define MQ_RX_BUFS    4
-#define MQ_ETHERTYPE  0x88b5
-#define MQ_RX_MS      5000
 
 #define CTRL_CLASS_MQ        4
 #define CTRL_MQ_VQ_PAIRS_SET 0
@@ -30,17 +25,9 @@
 
 /* Buffer area layout (offsets from buffer_addr(d, 0)). */
 #define OFF_RX1  0
-#define OFF_TX   (MQ_RX_BUFS * MQ_BUF)
-#define OFF_RX0  (OFF_TX + MQ_BUF)
-#define OFF_CTRL (OFF_RX0 + MQ_RX_BUFS * MQ_BUF)
-
-static const char mq_payload[] = "edgevisor-probe-net-tx";
-
-static void mq_post_rx(struct vdev *d, u32 queue, u64 offset, u32 id)
-{
-	struct vbuf b = {buffer_addr(d, offset + (u64)id * MQ_BUF), MQ_BUF, 1};
-	vq_submit(&d->queues[queue], (u16)id, &b, 1);
-}
+#define OFF_TX   (NET_RX_BUFS * NET_RX_BUF)
+#define OFF_RX0  (OFF_TX + NET_RX_BUF)
+#define OFF_CTRL (OFF_RX0 + NET_RX_BUFS * NET_RX_BUF)
 
 /* VQ_PAIRS_SET with `pairs`: returns the ack byte the device wrote. */
 static u8 mq_set_pairs(struct vdev *d, u16 pairs)
@@ -62,49 +49,6 @@ static u8 mq_set_pairs(struct vdev *d, u16 pairs)
 		probe_fail_hex(d->check, "a control command came back with used len (1 expected)=",
 			       len);
 	return cmd[4];
-}
-
-static void mq_send_frame(struct vdev *d, const u8 *mac)
-{
-	u8 *buf = (u8 *)(usize)buffer_addr(d, OFF_TX);
-	u8 *frame = buf + MQ_HDR_LEN;
-	u32 len = 14 + sizeof(mq_payload) - 1;
-
-	memset(buf, 0, MQ_HDR_LEN);
-	memset(frame, 0xff, 6);
-	memcpy(frame + 6, mac, 6);
-	frame[12] = MQ_ETHERTYPE >> 8;
-	frame[13] = MQ_ETHERTYPE & 0xff;
-	memcpy(frame + 14, mq_payload, sizeof(mq_payload) - 1);
-	struct vbuf b = {(usize)buf, MQ_HDR_LEN + len, 0};
-	vq_transact(&d->queues[MQ_TX1], &b, 1, 2000,
-		    "pair 1 did not consume a transmitted frame within 2000 ms at base=");
-}
-
-/* The first frame of ethertype 0x88b5 on pair 1's RX queue within MQ_RX_MS: its length
- * without the header (and *frame), or 0. Other frames go back to the ring. */
-static u32 mq_receive(struct vdev *d, const u8 **frame)
-{
-	struct vq *rx = &d->queues[MQ_RX1];
-	struct deadline dl;
-	u32 id, len;
-	deadline_start(&dl, MQ_RX_MS);
-	while (vq_poll(rx, &dl, &id, &len)) {
-		if (id >= MQ_RX_BUFS)
-			DEV_FAIL(d, "pair 1 used a receive buffer the driver did not post");
-		if (len < MQ_HDR_LEN + 14 || len > MQ_BUF)
-			probe_fail_hex(d->check, "received a frame of impossible length: used len=",
-				       len);
-		const u8 *f = (const u8 *)(usize)buffer_addr(d, OFF_RX1 + (u64)id * MQ_BUF) +
-			      MQ_HDR_LEN;
-		if (f[12] == (MQ_ETHERTYPE >> 8) && f[13] == (MQ_ETHERTYPE & 0xff)) {
-			*frame = f;
-			return len - MQ_HDR_LEN;
-		}
-		mq_post_rx(d, MQ_RX1, OFF_RX1, id);
-		vq_notify(rx);
-	}
-	return 0;
 }
 
 void virtio_net_mq_check(struct vdev *d)
@@ -136,15 +80,15 @@ void virtio_net_mq_check(struct vdev *d)
 	if (good != CTRL_OK)
 		probe_fail_hex(d->check, "VQ_PAIRS_SET 2 was refused: ack=", good);
 
-	for (u32 i = 0; i < MQ_RX_BUFS; i++) {
-		mq_post_rx(d, MQ_RX1, OFF_RX1, i);
-		mq_post_rx(d, MQ_RX0, OFF_RX0, i);
+	for (u32 i = 0; i < NET_RX_BUFS; i++) {
+		net_post_rx(d, MQ_RX1, OFF_RX1, i);
+		net_post_rx(d, MQ_RX0, OFF_RX0, i);
 	}
 	vq_notify(&d->queues[MQ_RX1]);
 	vq_notify(&d->queues[MQ_RX0]);
-	mq_send_frame(d, mac);
+	net_send_frame(d, MQ_TX1, OFF_TX, mac);
 	const u8 *frame = 0;
-	u32 rx_len = mq_receive(d, &frame);
+	u32 rx_len = net_receive_frame(d, MQ_RX1, OFF_RX1, &frame);
 	u64 rx_fnv = rx_len ? fnv1a64(frame, rx_len) : 0;
 	mb();
 	u16 pair0_rx = d->queues[MQ_RX0].used->idx;
@@ -152,15 +96,10 @@ void virtio_net_mq_check(struct vdev *d)
 
 	put_dev_prefix(d, "net");
 	put_str(" mac=");
-	if (have_mac) {
-		for (int i = 0; i < 6; i++) {
-			if (i)
-				probe_putc(':');
-			probe_put_hex(mac[i], 2);
-		}
-	} else {
+	if (have_mac)
+		net_put_mac(mac);
+	else
 		put_str("none");
-	}
 	put_str(" mq pairs=2 ctrl=ok bad_pairs=err tx=pair1");
 	if (rx_len) {
 		put_str(" rx=pair1 len=");

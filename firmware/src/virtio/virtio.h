@@ -218,6 +218,19 @@ void virtio_rng_check(struct vdev *d);
 void virtio_blk_check(struct vdev *d);
 void virtio_net_check(struct vdev *d);
 void virtio_net_mq_check(struct vdev *d);	/* net_mq.c, probe.net=mq */
+
+/* ---- net.c: the probe frame, shared with net_mq.c --------------------------------------------- */
+#define NET_HDR_LEN 12		/* virtio_net_hdr_v1, num_buffers included (virtio 1.x) */
+#define NET_RX_BUF 2048		/* header + a 1514-byte frame, rounded up */
+#define NET_RX_BUFS 4		/* receive buffers posted per RX queue */
+/* Receive buffer `id` of `queue`, at `off` + id * NET_RX_BUF in the device's buffer area. */
+void net_post_rx(struct vdev *d, u32 queue, u64 off, u32 id);
+/* The probe's broadcast frame from `mac` on TX queue `queue`, built at `off`. */
+void net_send_frame(struct vdev *d, u32 queue, u64 off, const u8 *mac);
+/* The first frame of ethertype 0x88b5 on RX `queue` (buffers at `off`) within 5 s: its length
+ * after the header, *frame pointing at it; or 0. Other frames are posted again. */
+u32 net_receive_frame(struct vdev *d, u32 queue, u64 off, const u8 **frame);
+void net_put_mac(const u8 *mac);
 void virtio_vsock_check(struct vdev *d);
 
 /* ---- bench.c: workloads behind probe.blkbench=, probe.netbench= and probe.spin= ------------ */

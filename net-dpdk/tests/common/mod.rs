@@ -127,6 +127,17 @@ impl Testpmd {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to `limit` until testpmd reports both ports' rings ready for processing.
+    pub fn both_ports_ready(&self, limit: Duration) -> bool {
+        wait_until(limit, || {
+            self.log_text()
+                .matches("virtio is now ready for processing")
+                .count()
+                >= 2
+        })
+        .is_some()
+    }
+
     /// Asks for `show port stats all` and parses the answer for `ports` ports.
     pub fn port_stats(&mut self, ports: usize) -> Vec<PortStats> {
         let before = self.log_text().len();

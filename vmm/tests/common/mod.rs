@@ -89,6 +89,35 @@ pub fn free_hugepages() -> u64 {
         .unwrap_or(0)
 }
 
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// Makes `pages` 2 MiB hugepages free (growing the pool only by what is missing) and puts
+/// the pool back to its old size on drop.
+pub struct Hugepages(String);
+
+impl Hugepages {
+    pub fn reserve(pages: u64) -> Hugepages {
+        let before = std::fs::read_to_string(NR_HUGEPAGES).expect("read nr_hugepages (root?)");
+        let total: u64 = before.trim().parse().unwrap_or(0);
+        let free = free_hugepages();
+        if free < pages {
+            std::fs::write(NR_HUGEPAGES, (total + pages - free).to_string())
+                .expect("grow the 2 MiB hugepage pool (tests run as root)");
+            assert!(
+                free_hugepages() >= pages,
+                "the kernel could not give {pages} free 2 MiB hugepages"
+            );
+        }
+        Hugepages(before)
+    }
+}
+
+impl Drop for Hugepages {
+    fn drop(&mut self) {
+        let _ = std::fs::write(NR_HUGEPAGES, self.0.trim());
+    }
+}
+
 /// FNV-1a 32-bit, as the probe computes it over the initrd.
 pub fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, b| {

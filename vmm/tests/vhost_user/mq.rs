@@ -36,30 +36,12 @@ fn two_guests_exchange_frames_on_queue_pair_1_through_testpmd() {
     let s1 = dir.join("port1.sock");
     let mut pmd = Testpmd::start(&dir, [&s0, &s1], 2, "mq");
 
-    let args = |s: &Path, mac| mq_guest_args(s, mac);
-    let (args_a, args_b) = (args(&s0, MAC_A), args(&s1, MAC_B));
-    let a = Vmm::start(
+    let (a, b) = start_two_guests(
         &dir,
-        "a",
-        &args_a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &mut pmd,
+        &mq_guest_args(&s0, MAC_A),
+        &mq_guest_args(&s1, MAC_B),
     );
-    let b = Vmm::start(
-        &dir,
-        "b",
-        &args_b.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    assert!(
-        pmd.wait_for(
-            "virtio is now ready for processing",
-            2,
-            Duration::from_secs(20)
-        ),
-        "testpmd never saw both devices ready\n{}\nA:\n{}\nB:\n{}",
-        pmd.log_text(),
-        a.show(),
-        b.show()
-    );
-    pmd.command("start");
 
     let lines = [&a, &b].map(|vmm| {
         vmm.net_line(Duration::from_secs(20))

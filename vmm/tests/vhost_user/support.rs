@@ -1,4 +1,4 @@
-//! What the vhost-user tests share: hugepages for testpmd, a dpdk-testpmd driven over its
+//! What the vhost-user tests share: a dpdk-testpmd driven over its
 //! interactive prompt, and edgevisor processes whose output goes to files.
 
 use std::fs::File;
@@ -8,41 +8,11 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::common::free_hugepages;
-
 /// testpmd wants the hugepages and both cores: one test at a time.
 pub static SERIAL: Mutex<()> = Mutex::new(());
 
-const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 /// What testpmd with --total-num-mbufs=16384 and two vhost ports uses, with room to spare.
 pub const TESTPMD_PAGES: u64 = 64;
-
-/// Makes `pages` 2 MiB hugepages free (growing the pool only by what is missing) and puts
-/// the pool back to its old size on drop.
-pub struct Hugepages(String);
-
-impl Hugepages {
-    pub fn reserve(pages: u64) -> Hugepages {
-        let before = std::fs::read_to_string(NR_HUGEPAGES).expect("read nr_hugepages (root?)");
-        let total: u64 = before.trim().parse().unwrap_or(0);
-        let free = free_hugepages();
-        if free < pages {
-            std::fs::write(NR_HUGEPAGES, (total + pages - free).to_string())
-                .expect("grow the 2 MiB hugepage pool (tests run as root)");
-            assert!(
-                free_hugepages() >= pages,
-                "the kernel could not give {pages} free 2 MiB hugepages"
-            );
-        }
-        Hugepages(before)
-    }
-}
-
-impl Drop for Hugepages {
-    fn drop(&mut self) {
-        let _ = std::fs::write(NR_HUGEPAGES, self.0.trim());
-    }
-}
 
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -196,6 +166,37 @@ impl Drop for Testpmd {
             self.kill();
         }
     }
+}
+
+/// Starts guests "a" and "b" (edgevisor with `args_a` and `args_b`), waits until testpmd
+/// has both devices' rings, then starts forwarding. Forwarding starts only then: a frame
+/// sent to a port whose guest is not ready yet would be dropped. (--no-flush-rx: by default
+/// "start" first drains and frees whatever waits in the RX queues, which here are the
+/// guests' frames.)
+pub fn start_two_guests(
+    dir: &Path,
+    pmd: &mut Testpmd,
+    args_a: &[String],
+    args_b: &[String],
+) -> (Vmm, Vmm) {
+    fn strs(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+    let a = Vmm::start(dir, "a", &strs(args_a));
+    let b = Vmm::start(dir, "b", &strs(args_b));
+    assert!(
+        pmd.wait_for(
+            "virtio is now ready for processing",
+            2,
+            Duration::from_secs(20)
+        ),
+        "testpmd never saw both devices ready\n{}\nA:\n{}\nB:\n{}",
+        pmd.log_text(),
+        a.show(),
+        b.show()
+    );
+    pmd.command("start");
+    (a, b)
 }
 
 /// An edgevisor process whose stdout and stderr go to files in the scratch directory.
