@@ -50,6 +50,7 @@ fn two_guests_exchange_frames_through_testpmd_and_reconnect_after_it_restarts() 
         &mut pmd,
         &guest_args(&s0, MAC_A),
         &guest_args(&s1, MAC_B),
+        "virtio is now ready for processing",
     );
 
     // The handshake as testpmd saw it, per port.

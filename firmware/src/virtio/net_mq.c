@@ -73,19 +73,21 @@ void virtio_net_mq_check(struct vdev *d)
 		for (u32 i = 0; i < 6; i++)
 			mac[i] = config_read8(d, i);
 
-	u8 bad = mq_set_pairs(d, 0);
-	u8 good = mq_set_pairs(d, MQ_PAIRS);
-	if (bad != CTRL_ERR)
-		probe_fail_hex(d->check, "VQ_PAIRS_SET 0 was not refused: ack=", bad);
-	if (good != CTRL_OK)
-		probe_fail_hex(d->check, "VQ_PAIRS_SET 2 was refused: ack=", good);
-
+	/* Receive buffers on both pairs first (as Linux fills every RX queue at probe): once
+	 * the device turns pair 1 on, a frame for it finds buffers there. */
 	for (u32 i = 0; i < NET_RX_BUFS; i++) {
 		net_post_rx(d, MQ_RX1, OFF_RX1, i);
 		net_post_rx(d, MQ_RX0, OFF_RX0, i);
 	}
 	vq_notify(&d->queues[MQ_RX1]);
 	vq_notify(&d->queues[MQ_RX0]);
+
+	u8 bad = mq_set_pairs(d, 0);
+	u8 good = mq_set_pairs(d, MQ_PAIRS);
+	if (bad != CTRL_ERR)
+		probe_fail_hex(d->check, "VQ_PAIRS_SET 0 was not refused: ack=", bad);
+	if (good != CTRL_OK)
+		probe_fail_hex(d->check, "VQ_PAIRS_SET 2 was refused: ack=", good);
 	net_send_frame(d, MQ_TX1, OFF_TX, mac);
 	const u8 *frame = 0;
 	u32 rx_len = net_receive_frame(d, MQ_RX1, OFF_RX1, &frame);

@@ -103,7 +103,10 @@ impl Testpmd {
             .args(["--file-prefix", &format!("edgevisor-{tag}")])
             .args(["--vdev", &vdev(0), "--vdev", &vdev(1)])
             .args(["--", "-i", "--total-num-mbufs=16384", "--forward-mode=io"])
-            .arg("--auto-start")
+            // --no-flush-rx: by default starting to forward first drains and frees whatever
+            // waits in the RX queues, which would be frames a device sent as soon as its
+            // rings were handed over (a reconnecting device can be faster than the start).
+            .args(["--auto-start", "--no-flush-rx"])
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)

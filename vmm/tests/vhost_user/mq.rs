@@ -41,6 +41,9 @@ fn two_guests_exchange_frames_on_queue_pair_1_through_testpmd() {
         &mut pmd,
         &mq_guest_args(&s0, MAC_A),
         &mq_guest_args(&s1, MAC_B),
+        // testpmd calls a device ready with pair 0 alone; the frames go over pair 1, whose
+        // rings the VMM turns on (RX 2, then TX 3) when the guest asks for two pairs.
+        "set queue enable: 1 to qp idx: 3",
     );
 
     let lines = [&a, &b].map(|vmm| {

@@ -168,16 +168,17 @@ impl Drop for Testpmd {
     }
 }
 
-/// Starts guests "a" and "b" (edgevisor with `args_a` and `args_b`), waits until testpmd
-/// has both devices' rings, then starts forwarding. Forwarding starts only then: a frame
-/// sent to a port whose guest is not ready yet would be dropped. (--no-flush-rx: by default
-/// "start" first drains and frees whatever waits in the RX queues, which here are the
-/// guests' frames.)
+/// Starts guests "a" and "b" (edgevisor with `args_a` and `args_b`), waits until testpmd's
+/// log has `ready` twice (once per port), then starts forwarding. Forwarding starts only
+/// then: a frame sent to a port whose guest is not ready yet would be dropped. (--no-flush-rx:
+/// by default "start" first drains and frees whatever waits in the RX queues, which here are
+/// the guests' frames.)
 pub fn start_two_guests(
     dir: &Path,
     pmd: &mut Testpmd,
     args_a: &[String],
     args_b: &[String],
+    ready: &str,
 ) -> (Vmm, Vmm) {
     fn strs(args: &[String]) -> Vec<&str> {
         args.iter().map(String::as_str).collect()
@@ -185,12 +186,8 @@ pub fn start_two_guests(
     let a = Vmm::start(dir, "a", &strs(args_a));
     let b = Vmm::start(dir, "b", &strs(args_b));
     assert!(
-        pmd.wait_for(
-            "virtio is now ready for processing",
-            2,
-            Duration::from_secs(20)
-        ),
-        "testpmd never saw both devices ready\n{}\nA:\n{}\nB:\n{}",
+        pmd.wait_for(ready, 2, Duration::from_secs(20)),
+        "testpmd never saw {ready:?} on both ports\n{}\nA:\n{}\nB:\n{}",
         pmd.log_text(),
         a.show(),
         b.show()
