@@ -133,7 +133,9 @@ fn two_guests_exchange_frames_through_testpmd_and_reconnect_after_it_restarts() 
             pmd2.log_text()
         );
     }
-    let log = pmd2.log_text();
+    // "is back" is printed once the VMM has sent its handshake; messages that need no reply
+    // (SET_PROTOCOL_FEATURES among them) may still be queued in testpmd's vhost thread, so
+    // its log is polled rather than read once.
     for s in [&s0, &s1] {
         for step in [
             "read message VHOST_USER_SET_OWNER",
@@ -141,8 +143,11 @@ fn two_guests_exchange_frames_through_testpmd_and_reconnect_after_it_restarts() 
         ] {
             let needle = format!("({}) {step}", s.display());
             assert!(
-                log.contains(&needle),
-                "second testpmd lacks {needle:?}\n{log}"
+                wait_until(Duration::from_secs(10), || pmd2
+                    .log_text()
+                    .contains(&needle)),
+                "second testpmd lacks {needle:?}\n{}",
+                pmd2.log_text()
             );
         }
     }
