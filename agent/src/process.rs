@@ -81,19 +81,27 @@ pub fn cmdline_mentions(pid: u32, needle: &OsStr) -> bool {
     raw.split(|b| *b == 0).any(|arg| arg == needle)
 }
 
-/// Whether `pid` is (or within 200 ms becomes: a child caught between fork and exec still
-/// shows the agent's command line) a process whose command line names `needle`.
+/// Whether `pid` is, or becomes, a process whose command line names `needle`. A child caught
+/// between fork and exec still runs the agent's own executable and shows the agent's command
+/// line; it is waited for (up to 10 s, which only a very loaded host needs), so that a VM
+/// whose exec was merely slow is not taken for dead and leaked.
 pub fn execs_with(pid: u32, needle: &OsStr) -> bool {
-    for _ in 0..20 {
+    let own = std::fs::read_link("/proc/self/exe").ok();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
         if cmdline_mentions(pid, needle) {
             return true;
         }
         if proc_stat(pid).is_none_or(|s| s.state == 'Z') {
             return false;
         }
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let before_exec = exe.is_some() && exe == own;
+        if !before_exec || std::time::Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    false
 }
 
 /// Resident memory of `pid` in bytes (VmRSS), if readable.
@@ -242,6 +250,35 @@ mod tests {
         assert!(alive(me, stat.start_time));
         assert!(!alive(me, stat.start_time + 1));
         assert!(resident_bytes(me).unwrap() > 0);
+    }
+
+    #[test]
+    fn a_child_slow_to_exec_is_waited_for_and_a_stranger_is_not() {
+        use std::os::unix::process::CommandExt;
+        let marker = format!("edgevisor-execs-with-{}", std::process::id());
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "sleep 30", &marker]);
+        // SAFETY: the closure runs in the forked child before exec and only sleeps
+        // (nanosleep is async-signal-safe); it allocates nothing and takes no lock.
+        unsafe {
+            cmd.pre_exec(|| {
+                std::thread::sleep(std::time::Duration::from_millis(700));
+                Ok(())
+            })
+        };
+        let mut child = cmd.spawn().unwrap();
+        // Caught between fork and exec: the child still runs this test binary.
+        let waited = execs_with(child.id(), OsStr::new(&marker));
+        let other = execs_with(child.id(), OsStr::new("some-other-guest"));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(waited, "a child 700 ms from its exec was not recognised");
+        // Once it has exec'd into another program, a wrong marker is refused at once.
+        assert!(!other);
+        // A process that is not ours, and never will be, is refused at once.
+        let started = std::time::Instant::now();
+        assert!(!execs_with(1, OsStr::new(&marker)));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

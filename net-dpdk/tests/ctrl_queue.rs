@@ -157,7 +157,7 @@ fn control_queue_answers_commands_and_refuses_hostile_chains() {
         done += 1;
         let target = done;
         assert!(
-            pump(manager, Duration::from_secs(5), || ctrl.q.used_idx(&mem)
+            pump(manager, Duration::from_secs(15), || ctrl.q.used_idx(&mem)
                 == target),
             "the control queue did not answer chain {target}"
         );
@@ -171,7 +171,7 @@ fn control_queue_answers_commands_and_refuses_hostile_chains() {
             .count()
     };
     let pmd_log_reaches = |needle: &str, count: usize| {
-        wait_until(Duration::from_secs(5), || pmd_log_count(needle) >= count).is_some()
+        wait_until(Duration::from_secs(15), || pmd_log_count(needle) >= count).is_some()
     };
     let enables = pmd_log_count("set queue enable: 1 to qp idx: 3");
 

@@ -62,7 +62,7 @@ fn exchange(manager: &mut Manager, a: &mut Guest, b: &mut Guest, seq: u32, count
         b.rx.used_idx(&b.mem).wrapping_sub(rx_start)
     );
     assert!(
-        pump(manager, Duration::from_secs(5), || {
+        pump(manager, Duration::from_secs(15), || {
             a.tx.used_idx(&a.mem).wrapping_sub(tx_start) >= count
         }),
         "the back end did not return the first guest's TX buffers"
@@ -82,7 +82,8 @@ fn exchange(manager: &mut Manager, a: &mut Guest, b: &mut Guest, seq: u32, count
     }
     // The back end signalled the call eventfd and the device relayed it as an interrupt.
     assert!(
-        pump(manager, Duration::from_secs(5), || b.interrupt.status() & 1
+        pump(manager, Duration::from_secs(15), || b.interrupt.status()
+            & 1
             != 0),
         "no used-ring interrupt reached the second guest (status before {irq_before:#x})"
     );
@@ -146,7 +147,7 @@ fn testpmd_forwards_between_two_guests_and_survives_a_restart() {
         pmd.log_text()
     );
     assert!(
-        pmd.both_ports_ready(Duration::from_secs(5)),
+        pmd.both_ports_ready(Duration::from_secs(30)),
         "testpmd does not report both ports ready: {}",
         pmd.log_text()
     );
@@ -162,7 +163,7 @@ fn testpmd_forwards_between_two_guests_and_survives_a_restart() {
     // The back end dies; both devices notice the hang-up and retry until it is back.
     pmd.kill();
     assert!(
-        pump(&mut manager, Duration::from_secs(5), || {
+        pump(&mut manager, Duration::from_secs(15), || {
             !a.device.lock().unwrap().is_connected() && !b.device.lock().unwrap().is_connected()
         }),
         "the devices did not notice testpmd's death"
@@ -180,7 +181,7 @@ fn testpmd_forwards_between_two_guests_and_survives_a_restart() {
     );
     // As at the start: testpmd forwards only once it has both ports' rings in hand.
     assert!(
-        pmd.both_ports_ready(Duration::from_secs(5)),
+        pmd.both_ports_ready(Duration::from_secs(30)),
         "the restarted testpmd does not report both ports ready: {}",
         pmd.log_text()
     );

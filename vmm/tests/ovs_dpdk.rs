@@ -105,13 +105,17 @@ impl Ovs {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
 
-    fn run(&self, cmd: &mut Command) -> String {
-        let out = cmd
-            .env("OVS_RUNDIR", &self.dir)
+    /// Runs `cmd` with this instance's directories; its output, whatever its status.
+    fn output(&self, cmd: &mut Command) -> std::process::Output {
+        cmd.env("OVS_RUNDIR", &self.dir)
             .env("OVS_DBDIR", &self.dir)
             .env("OVS_LOGDIR", &self.dir)
             .output()
-            .unwrap_or_else(|e| panic!("{cmd:?}: {e} (package openvswitch-switch-dpdk)"));
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e} (package openvswitch-switch-dpdk)"))
+    }
+
+    fn run(&self, cmd: &mut Command) -> String {
+        let out = self.output(cmd);
         assert!(
             out.status.success(),
             "{cmd:?}: {}\n{}",
@@ -121,13 +125,16 @@ impl Ovs {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    fn vsctl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ovs-vsctl");
+        cmd.arg(format!("--db=unix:{}", self.db_socket().display()))
+            .arg("--timeout=30")
+            .args(args);
+        cmd
+    }
+
     fn vsctl(&self, args: &[&str]) -> String {
-        self.run(
-            Command::new("ovs-vsctl")
-                .arg(format!("--db=unix:{}", self.db_socket().display()))
-                .arg("--timeout=30")
-                .args(args),
-        )
+        self.run(&mut self.vsctl_command(args))
     }
 
     /// Adds `port`, a vhost-user client of the VMM listening on `socket`.
@@ -149,11 +156,28 @@ impl Ovs {
         self.vsctl(&["get", "interface", port, "link_state"]) == "up"
     }
 
-    /// One counter of `port` from its `statistics` column.
-    fn stat(&self, port: &str, name: &str) -> u64 {
-        self.vsctl(&["get", "interface", port, &format!("statistics:{name}")])
-            .parse()
-            .unwrap_or(0)
+    /// One counter of `port` from its `statistics` column, once it is at least `min`:
+    /// vswitchd refreshes that column only every few seconds (`stats-update-interval`, 5 s by
+    /// default), and the key is absent until the first refresh. The last value read (0 if
+    /// none) after 30 s.
+    fn stat_at_least(&self, port: &str, name: &str, min: u64) -> u64 {
+        let mut value = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let key = format!("statistics:{name}");
+            let out = self.output(&mut self.vsctl_command(&["get", "interface", port, &key]));
+            if out.status.success() {
+                value = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                if value >= min {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        value
     }
 }
 
@@ -170,8 +194,8 @@ impl Drop for Ovs {
     }
 }
 
-/// A VMM running the probe with `probe.net=on` on a vhost-user socket in server mode.
-fn guest(kernel: &Path, socket: &Path, mac: [u8; 6]) -> Child {
+/// A VMM running the probe with `probe.net=` `net` on a vhost-user socket in server mode.
+fn guest(kernel: &Path, socket: &Path, mac: [u8; 6], net: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_edgevisor"))
         .args(["run", "--mem", "64M,shared=on", "--kernel"])
         .arg(kernel)
@@ -181,7 +205,7 @@ fn guest(kernel: &Path, socket: &Path, mac: [u8; 6]) -> Child {
             socket.display(),
             mac_text(mac)
         ))
-        .args(["--cmdline", "probe.net=on"])
+        .args(["--cmdline", &format!("probe.net={net}")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -209,8 +233,8 @@ fn a_frame_crosses_an_ovs_dpdk_bridge_between_two_guests() {
     let (sock_a, sock_b) = (dir.join("a.sock"), dir.join("b.sock"));
 
     // B first: its VMM listens, OVS connects, B's driver brings the port up and then waits
-    // up to 5 s for a frame.
-    let b = guest(&kernel, &sock_b, MAC_B);
+    // for a frame, up to 60 s: A's VMM, its port and its guest all come up meanwhile.
+    let b = guest(&kernel, &sock_b, MAC_B, "on,wait=60000");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sock_b.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -226,7 +250,7 @@ fn a_frame_crosses_an_ovs_dpdk_bridge_between_two_guests() {
     );
 
     // Then A, whose one broadcast frame the bridge floods to B.
-    let a = guest(&kernel, &sock_a, MAC_A);
+    let a = guest(&kernel, &sock_a, MAC_A, "on");
     while !sock_a.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -250,8 +274,11 @@ fn a_frame_crosses_an_ovs_dpdk_bridge_between_two_guests() {
 
     // OVS's side: A's frame came in on vhu0 (36 bytes), and both sockets went through the
     // handshake up to the memory table.
-    assert_eq!(ovs.stat("vhu0", "rx_packets"), 1);
-    assert_eq!(ovs.stat("vhu0", "rx_bytes"), frame_a.len() as u64);
+    assert_eq!(ovs.stat_at_least("vhu0", "rx_packets", 1), 1);
+    assert_eq!(
+        ovs.stat_at_least("vhu0", "rx_bytes", frame_a.len() as u64),
+        frame_a.len() as u64
+    );
     let log = ovs.log_text();
     for sock in [&sock_a, &sock_b] {
         for step in [

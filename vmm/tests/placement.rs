@@ -67,8 +67,8 @@ impl Running {
             .spawn()
             .unwrap();
         let running = Running(child);
-        // The probe has passed once its vCPU thread exists and the guest ran: wait for the
-        // vcpu0 thread, then a little for the guest.
+        // Guest memory is mapped (and prefaulted, when asked) before the vCPU threads start:
+        // wait for the vcpu0 thread. (It pins itself once running: see `cpus_allowed`.)
         let deadline = Instant::now() + Duration::from_secs(10);
         while running.thread("vcpu0").is_none() {
             assert!(Instant::now() < deadline, "no vcpu0 thread");
@@ -90,15 +90,26 @@ impl Running {
         })
     }
 
-    fn cpus_allowed(&self, comm: &str) -> String {
-        let status =
-            std::fs::read_to_string(format!("{}/status", self.thread(comm).unwrap())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap()
-            .trim()
-            .to_string()
+    /// The thread's Cpus_allowed_list once it is `want`, or as it is after 10 s: a vCPU
+    /// thread is named when it is spawned and pins itself a moment later.
+    fn cpus_allowed(&self, comm: &str, want: &str) -> String {
+        let read = || {
+            let status =
+                std::fs::read_to_string(format!("{}/status", self.thread(comm).unwrap())).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut now = read();
+        while now != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            now = read();
+        }
+        now
     }
 
     /// SIGTERM, then the exit code.
@@ -166,7 +177,7 @@ fn hugepage_memory_is_bound_prefaulted_and_vcpus_are_pinned() {
         .unwrap_or_else(|| panic!("no hugepage mapping: {numa_maps}"));
     assert!(line.contains("bind:0"), "{line}");
     assert!(line.contains("dirty=32"), "{line}");
-    assert_eq!(vm.cpus_allowed("vcpu0"), "1");
+    assert_eq!(vm.cpus_allowed("vcpu0", "1"), "1");
     assert_eq!(vm.stop(), Some(8));
     // Everything was given back.
     assert_eq!(free_hugepages(), 40);
@@ -188,7 +199,7 @@ fn default_memory_is_lazy_and_vcpus_float() {
         "the guest touched little, RSS {rss_kib} kB: {mapping}"
     );
     let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
-    assert_eq!(vm.cpus_allowed("vcpu0"), online.trim());
+    assert_eq!(vm.cpus_allowed("vcpu0", online.trim()), online.trim());
     assert_eq!(vm.stop(), Some(8));
 }
 

@@ -30,7 +30,9 @@ fn guest_args(socket: &Path, mac: [u8; 6]) -> Vec<String> {
         format!("vhost-user={},mac={}", socket.display(), mac_text(mac)),
         "--cmdline".into(),
         // hang: the guest stays up after its check, so the restart below finds both VMMs.
-        "probe.net=on probe.exit=hang".into(),
+        // wait: the first guest's frame waits in its TX ring until the second guest is up
+        // and forwarding starts, which on a loaded host can take more than the default 2 s.
+        "probe.net=on,wait=30000 probe.exit=hang".into(),
     ]
 }
 

@@ -115,7 +115,8 @@ fn a_guest_frame_reaches_the_tap_and_a_reply_reaches_the_guest() {
             "run",
         ])
         .args(["--net", &format!("tap=evtap0,mac={mac}")])
-        .args(["--cmdline", "probe.net=on"])
+        // wait: the reply is injected only once the test has seen the guest's frame.
+        .args(["--cmdline", "probe.net=on,wait=30000"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -220,4 +221,59 @@ fn a_tap_edgevisor_creates_is_gone_when_the_vm_ends() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     assert!(!stdout(&o).contains("probe:"), "{}", show(&o));
+}
+
+/// `probe.net=on,wait=MS` widens the probe's transmit and receive windows (tests whose peer
+/// comes up after the guest ask for more than the default 5 s), and a bad value fails the
+/// probe's cmdline check.
+#[test]
+fn the_probe_net_wait_option_widens_its_windows_and_bad_values_fail() {
+    let ns = NetNs::new("netwait");
+    let run = |cmdline: &str| {
+        let started = Instant::now();
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                env!("CARGO_BIN_EXE_edgevisor"),
+                "run",
+            ])
+            .args(["--net", "tap=evwait0", "--cmdline", cmdline])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (o, started.elapsed())
+    };
+    // Nobody answers on this TAP: the probe waits its whole receive window, which load can
+    // only lengthen, and then reports `rx none`.
+    let (o, took) = run("probe.net=on,wait=6500");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(stdout(&o).contains("tx=ok rx none"), "{}", show(&o));
+    assert!(
+        took >= Duration::from_millis(6500),
+        "wait=6500 ended the receive wait after {took:?}\n{}",
+        show(&o)
+    );
+    for bad in [
+        "probe.net=on,wait=0",
+        "probe.net=on,wait=600001",
+        "probe.net=on,wait=",
+        "probe.net=mq,wait=5x",
+        "probe.net=on,wiat=5",
+        "probe.net=onx",
+    ] {
+        let (o, _) = run(bad);
+        assert_ne!(o.status.code(), Some(0), "{bad}: {}", show(&o));
+        assert!(
+            stdout(&o).contains("PROBE FAIL") && stdout(&o).contains("check=cmdline"),
+            "{bad}: {}",
+            show(&o)
+        );
+        assert!(
+            stdout(&o).contains("unknown probe.net= value"),
+            "{bad}: {}",
+            show(&o)
+        );
+    }
 }

@@ -29,44 +29,6 @@
 #define BENCH_NET_F_MAC (1ULL << 5)
 #define BENCH_BLK_F_RO  (1ULL << 5)
 
-/* ---- option parsing ------------------------------------------------------------------------ */
-
-/* Decimal digits at *p into *out, advancing *p; 0 when there are none or the value is outside
- * min..max. */
-static int take_dec(const char **p, u64 min, u64 max, u64 *out)
-{
-	const char *s = *p;
-	u64 value = 0;
-	int digits = 0;
-	while (*s >= '0' && *s <= '9') {
-		value = value * 10 + (u64)(*s - '0');
-		if (value > max)
-			return 0;
-		s++;
-		digits++;
-	}
-	if (!digits || value < min)
-		return 0;
-	*p = s;
-	*out = value;
-	return 1;
-}
-
-/* Whether *p starts with `,key=`; if so, skips it. */
-static int take_key(const char **p, const char *key)
-{
-	const char *s = *p;
-	if (*s++ != ',')
-		return 0;
-	while (*key)
-		if (*s++ != *key++)
-			return 0;
-	if (*s++ != '=')
-		return 0;
-	*p = s;
-	return 1;
-}
-
 /* ---- a queue kept full of fixed-size requests ----------------------------------------------- */
 
 /* Request slot s uses descriptors s*chain .. s*chain+chain-1; its head is s*chain. */

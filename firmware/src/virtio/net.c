@@ -11,6 +11,12 @@
 #define NET_ETHERTYPE 0x88b5	/* IEEE local experimental ethertype 1 */
 #define NET_TX_MS 2000
 #define NET_RX_MS 5000
+#define NET_WAIT_MAX_MS 600000
+
+/* The transmit and receive windows; `probe.net=on|mq,wait=MS` sets both (tests whose peer
+ * comes up later than the guest, on a loaded host, ask for more). */
+static u32 net_tx_ms = NET_TX_MS;
+static u32 net_rx_ms = NET_RX_MS;
 
 static const char tx_payload[] = "edgevisor-probe-net-tx";
 
@@ -25,19 +31,37 @@ void net_put_mac(const u8 *mac)
 
 #define NET_TRAFFIC_MQ 3	/* net_mq.c */
 
-/* probe.net=on | off | mq (default off); anything else fails. */
+NORETURN static void bad_net_option(void)
+{
+	probe_fail("cmdline",
+		   "unknown probe.net= value: use off, or on or mq with an optional ,wait=MS (1-600000)");
+}
+
+/* probe.net=off | on[,wait=MS] | mq[,wait=MS] (default off); anything else fails. */
 static int net_traffic_wanted(void)
 {
 	const char *v = cmdline_find("probe.net=", 0, 0);
+	int traffic;
 	if (!v)
 		return 0;
-	if (v[0] == 'o' && v[1] == 'n' && word_end(v[2]))
-		return 1;
 	if (v[0] == 'o' && v[1] == 'f' && v[2] == 'f' && word_end(v[3]))
 		return 0;
-	if (v[0] == 'm' && v[1] == 'q' && word_end(v[2]))
-		return NET_TRAFFIC_MQ;
-	probe_fail("cmdline", "unknown probe.net= value: use on, off or mq");
+	if (v[0] == 'o' && v[1] == 'n')
+		traffic = 1;
+	else if (v[0] == 'm' && v[1] == 'q')
+		traffic = NET_TRAFFIC_MQ;
+	else
+		bad_net_option();
+	v += 2;
+	u64 ms;
+	if (take_key(&v, "wait")) {
+		if (!take_dec(&v, 1, NET_WAIT_MAX_MS, &ms))
+			bad_net_option();
+		net_tx_ms = net_rx_ms = (u32)ms;
+	}
+	if (!word_end(*v))
+		bad_net_option();
+	return traffic;
 }
 
 void net_post_rx(struct vdev *d, u32 queue, u64 off, u32 id)
@@ -59,8 +83,8 @@ void net_send_frame(struct vdev *d, u32 queue, u64 off, const u8 *mac)
 	frame[13] = NET_ETHERTYPE & 0xff;
 	memcpy(frame + 14, tx_payload, sizeof(tx_payload) - 1);
 	struct vbuf b = {(usize)buf, NET_HDR_LEN + len, 0};
-	vq_transact(&d->queues[queue], &b, 1, NET_TX_MS,
-		    "the device did not consume a transmitted frame within 2000 ms at base=");
+	vq_transact(&d->queues[queue], &b, 1, net_tx_ms,
+		    "the device did not consume a transmitted frame in time (probe.net=...,wait=MS) at base=");
 }
 
 u32 net_receive_frame(struct vdev *d, u32 queue, u64 off, const u8 **frame)
@@ -68,7 +92,7 @@ u32 net_receive_frame(struct vdev *d, u32 queue, u64 off, const u8 **frame)
 	struct vq *rx = &d->queues[queue];
 	struct deadline dl;
 	u32 id, len;
-	deadline_start(&dl, NET_RX_MS);
+	deadline_start(&dl, net_rx_ms);
 	while (vq_poll(rx, &dl, &id, &len)) {
 		if (id >= NET_RX_BUFS)
 			DEV_FAIL(d, "the device used a receive buffer the driver did not post");

@@ -153,3 +153,41 @@ const char *cmdline_find(const char *prefix, const char **cursor, int stop_at_da
 	}
 	return 0;
 }
+
+/* ---- option parsing ------------------------------------------------------------------------ */
+
+/* Decimal digits at *p into *out, advancing *p; 0 when there are none or the value is outside
+ * min..max. */
+int take_dec(const char **p, u64 min, u64 max, u64 *out)
+{
+	const char *s = *p;
+	u64 value = 0;
+	int digits = 0;
+	while (*s >= '0' && *s <= '9') {
+		value = value * 10 + (u64)(*s - '0');
+		if (value > max)
+			return 0;
+		s++;
+		digits++;
+	}
+	if (!digits || value < min)
+		return 0;
+	*p = s;
+	*out = value;
+	return 1;
+}
+
+/* Whether *p starts with `,key=`; if so, skips it. */
+int take_key(const char **p, const char *key)
+{
+	const char *s = *p;
+	if (*s++ != ',')
+		return 0;
+	while (*key)
+		if (*s++ != *key++)
+			return 0;
+	if (*s++ != '=')
+		return 0;
+	*p = s;
+	return 1;
+}

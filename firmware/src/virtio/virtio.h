@@ -56,6 +56,10 @@ int deadline_passed(struct deadline *d);
  * when `stop_at_dashes` is set. `*cursor` (may be 0) resumes a scan after a previous hit. */
 const char *cmdline_find(const char *prefix, const char **cursor, int stop_at_dashes);
 int word_end(char c);
+/* Decimal digits at *p, min..max, into *out (advancing *p); 0 when absent or out of range. */
+int take_dec(const char **p, u64 min, u64 max, u64 *out);
+/* Whether *p starts with `,key=`; if so, skips it. */
+int take_key(const char **p, const char *key);
 
 /* Full memory barrier that KVM's emulator handles (a locked add, as Linux's smp_mb). */
 static inline void mb(void)

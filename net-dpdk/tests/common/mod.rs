@@ -67,6 +67,8 @@ pub struct Testpmd {
     child: Child,
     stdin: ChildStdin,
     log: PathBuf,
+    /// Ports 0 and 1's vhost-user sockets, which testpmd's vhost lines name.
+    sockets: [PathBuf; 2],
 }
 
 /// One port's counters from `show port stats all`.
@@ -115,7 +117,12 @@ impl Testpmd {
                 "run dpdk-testpmd (package dpdk-dev; scripts/install-test-deps.sh installs it)",
             );
         let stdin = child.stdin.take().expect("testpmd stdin");
-        let pmd = Testpmd { child, stdin, log };
+        let pmd = Testpmd {
+            child,
+            stdin,
+            log,
+            sockets: sockets.map(Path::to_path_buf),
+        };
         if sockets_expected(vdev_extra) {
             for s in sockets {
                 wait_until(Duration::from_secs(30), || s.exists()).unwrap_or_else(|| {
@@ -130,13 +137,16 @@ impl Testpmd {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits up to `limit` until testpmd reports both ports' rings ready for processing.
+    /// Waits up to `limit` until testpmd reports each port's rings ready for processing.
     pub fn both_ports_ready(&self, limit: Duration) -> bool {
         wait_until(limit, || {
-            self.log_text()
-                .matches("virtio is now ready for processing")
-                .count()
-                >= 2
+            let log = self.log_text();
+            self.sockets.iter().all(|s| {
+                log.contains(&format!(
+                    "({}) virtio is now ready for processing",
+                    s.display()
+                ))
+            })
         })
         .is_some()
     }

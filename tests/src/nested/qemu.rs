@@ -237,7 +237,8 @@ mod tests {
         fs.write(&initramfs).expect("write");
         let mut spec = L1Spec::new(kernel.vmlinuz.clone(), initramfs.clone());
         spec.cmdline = "console=ttyS0 panic=-1".to_string();
-        spec.timeout = Duration::from_secs(5);
+        // Long enough for QEMU to start and the kernel to print on a loaded host.
+        spec.timeout = Duration::from_secs(10);
 
         let started = Instant::now();
         let err = run_l1(&spec).expect_err("the guest never powers off");
@@ -247,7 +248,7 @@ mod tests {
         };
         assert_eq!(*timeout, spec.timeout);
         assert!(
-            took >= spec.timeout && took < spec.timeout + Duration::from_secs(5),
+            took >= spec.timeout && took < spec.timeout + Duration::from_secs(10),
             "{took:?}"
         );
         // The console without `quiet` is busy from the first second: kernel lines must be there.

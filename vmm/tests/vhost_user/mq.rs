@@ -22,7 +22,8 @@ fn mq_guest_args(socket: &Path, mac: [u8; 6]) -> Vec<String> {
             mac_text(mac)
         ),
         "--cmdline".into(),
-        "probe.net=mq probe.exit=hang".into(),
+        // wait: as in guest_args, the first guest's frame waits for the second guest.
+        "probe.net=mq,wait=30000 probe.exit=hang".into(),
     ]
 }
 

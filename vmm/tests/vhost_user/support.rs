@@ -30,6 +30,8 @@ pub struct Testpmd {
     pub child: Child,
     pub stdin: ChildStdin,
     pub log: PathBuf,
+    /// The vhost-user sockets of ports 0 and 1; testpmd's vhost lines name them.
+    pub sockets: [PathBuf; 2],
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -83,7 +85,12 @@ impl Testpmd {
             .spawn()
             .expect("run dpdk-testpmd (package dpdk-dev: scripts/install-test-deps.sh)");
         let stdin = child.stdin.take().unwrap();
-        let pmd = Testpmd { child, stdin, log };
+        let pmd = Testpmd {
+            child,
+            stdin,
+            log,
+            sockets: sockets.map(Path::to_path_buf),
+        };
         for s in sockets {
             assert!(
                 wait_until(Duration::from_secs(30), || s.exists()),
@@ -169,7 +176,7 @@ impl Drop for Testpmd {
 }
 
 /// Starts guests "a" and "b" (edgevisor with `args_a` and `args_b`), waits until testpmd's
-/// log has `ready` twice (once per port), then starts forwarding. Forwarding starts only
+/// log has `ready` for each port's socket, then starts forwarding. Forwarding starts only
 /// then: a frame sent to a port whose guest is not ready yet would be dropped. (--no-flush-rx:
 /// by default "start" first drains and frees whatever waits in the RX queues, which here are
 /// the guests' frames.)
@@ -185,13 +192,16 @@ pub fn start_two_guests(
     }
     let a = Vmm::start(dir, "a", &strs(args_a));
     let b = Vmm::start(dir, "b", &strs(args_b));
-    assert!(
-        pmd.wait_for(ready, 2, Duration::from_secs(20)),
-        "testpmd never saw {ready:?} on both ports\n{}\nA:\n{}\nB:\n{}",
-        pmd.log_text(),
-        a.show(),
-        b.show()
-    );
+    for socket in pmd.sockets.clone() {
+        let needle = format!("({}) {ready}", socket.display());
+        assert!(
+            pmd.wait_for(&needle, 1, Duration::from_secs(30)),
+            "testpmd never saw {needle:?}\n{}\nA:\n{}\nB:\n{}",
+            pmd.log_text(),
+            a.show(),
+            b.show()
+        );
+    }
     pmd.command("start");
     (a, b)
 }
