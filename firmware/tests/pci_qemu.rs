@@ -114,6 +114,6 @@ fn probe_drives_qemus_nvme_controller_with_msix() {
         .unwrap_or_else(|| panic!("no nvme result:\n{serial}"));
     assert_eq!(
         line,
-        "probe: nvme vid=0x1b36 serial=edgevisor admin-msix=0x42 lba0=edgevisor-nvme-disk io-msix=0x43"
+        "probe: nvme vid=0x1b36 serial=edgevisor admin-msix=0x42 lba0=edgevisor-nvme-disk io-msix=0x43 masked=held"
     );
 }

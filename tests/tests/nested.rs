@@ -551,7 +551,7 @@ fn nvme_passed_through_with_vfio_answers_the_probe_with_msix() {
     // Identify Controller and the read of LBA 0 DMA'd through the IOMMU mapping of guest
     // RAM; their completions raised MSI-X vectors 0 and 1, routed to vectors 0x42 and 0x43.
     let expected = format!(
-        "probe: nvme vid=0x1b36 serial={NVME_SERIAL} admin-msix=0x42 lba0={} io-msix=0x43",
+        "probe: nvme vid=0x1b36 serial={NVME_SERIAL} admin-msix=0x42 lba0={} io-msix=0x43 masked=held",
         String::from_utf8_lossy(NVME_LBA0)
     );
     assert!(has(&expected), "no {expected:?} in {}", show(&out));

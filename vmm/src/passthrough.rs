@@ -14,9 +14,12 @@
 //!   a memory slot), and a guest write that changes an MSI or MSI-X vector rewrites the GSI
 //!   routing table (KVM_SET_GSI_ROUTING) and, when MSI or MSI-X is turned on or off, tells
 //!   VFIO which eventfds to signal (VFIO_DEVICE_SET_IRQS).
+//! * A vector the guest masks is held, not dropped: its irqfd is taken off KVM (KVM_IRQFD
+//!   deassign) before its route goes, so what the device signals meanwhile waits in the
+//!   eventfd; the MSI-X Pending Bit Array reads those vectors as pending, and unmasking puts
+//!   the route back, re-registers the irqfd and delivers what waited.
 //! * Not done: INTx (the interrupt pin reads 0, so drivers use MSI or MSI-X), I/O BARs (not
-//!   offered), the expansion ROM (reads 0), MSI-X pending bits of vectors masked by the
-//!   guest (a masked vector's interrupt is dropped, not held pending), mmap'ed BARs.
+//!   offered), the expansion ROM (reads 0), mmap'ed BARs.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
@@ -423,6 +426,15 @@ impl GsiRouter {
         }
         self.vm.set_gsi_routing(&routing)
     }
+
+    /// Registers `fd` as the irqfd of `gsi`, or with `on` false takes it off.
+    fn irqfd(&self, fd: &EventFd, gsi: u32, on: bool) -> Result<(), kvm_ioctls::Error> {
+        if on {
+            self.vm.register_irqfd(fd, gsi)
+        } else {
+            self.vm.unregister_irqfd(fd, gsi)
+        }
+    }
 }
 
 /// KVM's default routes (GSI 0..15 to both PICs and the IOAPIC, 16..23 to the IOAPIC)
@@ -476,6 +488,10 @@ pub struct VfioPciFunction {
     msix: Option<MsixState>,
     /// One eventfd and GSI per vector (shared by MSI and MSI-X: only one is on at a time).
     vectors: Vec<(EventFd, u32)>,
+    /// Per vector: whether its eventfd is a registered irqfd (exactly when it has a route).
+    armed: Vec<bool>,
+    /// Per vector: a signal taken out of a disarmed vector's eventfd, still to be delivered.
+    held: Vec<bool>,
     /// The VFIO interrupt index now routed to the eventfds, and how many vectors.
     active: Option<(u32, usize)>,
     router: Arc<GsiRouter>,
@@ -545,6 +561,8 @@ impl VfioPciFunction {
             command: 0,
             msi,
             msix,
+            armed: vec![true; vectors.len()],
+            held: vec![false; vectors.len()],
             vectors,
             active: None,
             router,
@@ -561,8 +579,19 @@ impl VfioPciFunction {
         }
     }
 
+    /// Whether vector `i` has a signal waiting: one held earlier, or one in its eventfd
+    /// (taken out and held). Only a disarmed vector's eventfd keeps signals.
+    fn take_pending(&mut self, i: usize) -> bool {
+        if !self.armed[i] && self.vectors[i].0.read().is_ok() {
+            self.held[i] = true;
+        }
+        self.held[i]
+    }
+
     /// Makes VFIO signal the vectors of `index` (or nothing) and the routing table match
-    /// `vectors` (address and data per live vector).
+    /// `vectors` (address and data per live vector). A vector that loses its route is
+    /// disarmed first, so a signal in between waits instead of meeting no route; one that
+    /// gets a route is armed after, and what it held is delivered then.
     fn apply_interrupts(&mut self, index: u32, vectors: Vec<Option<(u64, u32)>>) {
         let bdf = self.device.bdf().to_string();
         let n = vectors.len().min(self.vectors.len());
@@ -572,6 +601,11 @@ impl VfioPciFunction {
                 if let Err(e) = self.device.disable_irqs(old) {
                     log(format_args!("edgevisor: {bdf}: {e}"));
                 }
+            }
+            // Whatever the old setting left waiting is not the new one's to deliver.
+            for (i, (fd, _)) in self.vectors.iter().enumerate() {
+                while fd.read().is_ok() {}
+                self.held[i] = false;
             }
             if let Some((index, n)) = wanted {
                 let fds: Vec<RawFd> = self.vectors[..n]
@@ -590,10 +624,43 @@ impl VfioPciFunction {
             .enumerate()
             .map(|(i, (_, gsi))| (*gsi, vectors.get(i).copied().flatten()))
             .collect();
+        for (i, (_, route)) in routes.iter().enumerate() {
+            if self.armed[i] && route.is_none() {
+                let (fd, gsi) = &self.vectors[i];
+                match self.router.irqfd(fd, *gsi, false) {
+                    Ok(()) => self.armed[i] = false,
+                    Err(e) => log(format_args!(
+                        "edgevisor: {bdf}: KVM refused to take off irqfd {gsi}: {e}"
+                    )),
+                }
+            }
+        }
         if let Err(e) = self.router.update(&routes) {
             log(format_args!(
                 "edgevisor: {bdf}: KVM refused the MSI routes: {e}"
             ));
+        }
+        for (i, (_, route)) in routes.iter().enumerate() {
+            if !self.armed[i] && route.is_some() {
+                let waiting = self.take_pending(i);
+                let (fd, gsi) = &self.vectors[i];
+                if let Err(e) = self.router.irqfd(fd, *gsi, true) {
+                    log(format_args!(
+                        "edgevisor: {bdf}: KVM refused irqfd {gsi}: {e}"
+                    ));
+                    continue;
+                }
+                self.armed[i] = true;
+                self.held[i] = false;
+                // A write to an armed irqfd is an interrupt on its new route.
+                if waiting {
+                    if let Err(e) = fd.write(1) {
+                        log(format_args!(
+                            "edgevisor: {bdf}: could not deliver held vector {i}: {e}"
+                        ));
+                    }
+                }
+            }
         }
     }
 
@@ -682,6 +749,22 @@ impl PciFunction for VfioPciFunction {
                 return;
             }
         }
+        if self
+            .msix
+            .as_ref()
+            .is_some_and(|m| m.in_pba(bar, offset, data.len() as u64))
+        {
+            // MSI-X on: a vector is pending while it is disarmed (masked) with a signal
+            // waiting. (The device's own PBA stays clear: the host keeps its vectors open.)
+            let on = matches!(self.active, Some((vfio::PCI_MSIX_IRQ, _)));
+            let pending: Vec<bool> = (0..self.vectors.len())
+                .map(|i| on && self.take_pending(i))
+                .collect();
+            if let Some(msix) = &self.msix {
+                msix.read_pba(offset, data, &pending);
+            }
+            return;
+        }
         let ok = match self.bar_regions.get(bar).copied().flatten() {
             Some(region) => self.device.read(&region, offset, data).is_ok(),
             None => false,
@@ -698,6 +781,9 @@ impl PciFunction for VfioPciFunction {
                     self.msix_changed();
                 }
                 return;
+            }
+            if msix.in_pba(bar, offset, data.len() as u64) {
+                return; // read-only
             }
         }
         if let Some(region) = self.bar_regions.get(bar).copied().flatten() {

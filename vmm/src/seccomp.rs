@@ -116,6 +116,9 @@ mod kvm_ioctl {
         0x6a,
         kvm_bindings::kvm_irq_routing
     );
+    // Masking a vector takes its irqfd off KVM and unmasking puts it back.
+    #[cfg(target_arch = "x86_64")]
+    vmm_sys_util::ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_bindings::kvm_irqfd);
     #[cfg(target_arch = "x86_64")]
     vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, b';' as std::os::raw::c_uint, 110);
     // The last vCPU thread to end drops the PCI bus and with it the VFIO objects: their
@@ -135,6 +138,7 @@ mod kvm_ioctl {
     pub fn passthrough() -> Vec<u64> {
         vec![
             KVM_SET_GSI_ROUTING(),
+            KVM_IRQFD(),
             VFIO_DEVICE_SET_IRQS(),
             VFIO_GROUP_UNSET_CONTAINER(),
             VFIO_IOMMU_UNMAP_DMA(),
@@ -309,8 +313,8 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Seccom
 }
 
 /// The rules of a thread kind; with `passthrough` (a VM with `--device vfio=`), vCPU threads
-/// may also pread/pwrite (configuration space and BARs of the device fds) and issue the
-/// ioctls that re-route MSI vectors.
+/// may also pread/pwrite (configuration space and BARs of the device fds), read (the
+/// eventfds of masked vectors) and issue the ioctls that re-route MSI vectors.
 pub fn rules_with(
     kind: ThreadKind,
     passthrough: bool,
@@ -343,6 +347,8 @@ pub fn rules_with(
     if passthrough {
         rules.insert(libc::SYS_pread64, Vec::new());
         rules.insert(libc::SYS_pwrite64, Vec::new());
+        // A masked vector's eventfd is read to see whether it holds a signal.
+        rules.insert(libc::SYS_read, Vec::new());
     }
     if kind == ThreadKind::EventLoop {
         let unix = libc::AF_UNIX as u64;
@@ -559,7 +565,7 @@ mod tests {
     fn only_a_passthrough_vm_lets_vcpus_reach_device_fds() {
         let plain = rules(ThreadKind::Vcpu).unwrap();
         let vfio = rules_with(ThreadKind::Vcpu, true).unwrap();
-        for nr in [libc::SYS_pread64, libc::SYS_pwrite64] {
+        for nr in [libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_read] {
             assert!(!plain.contains_key(&nr), "{nr}");
             assert!(vfio.contains_key(&nr), "{nr}");
         }

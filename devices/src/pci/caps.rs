@@ -265,6 +265,11 @@ impl MsixCap {
     pub fn table_len(&self) -> u64 {
         u64::from(self.table_size) * MSIX_ENTRY_SIZE
     }
+
+    /// Bytes of the Pending Bit Array: one bit per entry, in whole qwords.
+    pub fn pba_len(&self) -> u64 {
+        u64::from(self.table_size).div_ceil(64) * 8
+    }
 }
 
 /// The guest's view of an MSI-X capability and its vector table.
@@ -338,6 +343,37 @@ impl MsixState {
         bar == usize::from(self.cap.table_bar)
             && offset < start + self.cap.table_len()
             && offset + len > start
+    }
+
+    /// Whether `[offset, offset + len)` of BAR `bar` touches the Pending Bit Array.
+    pub fn in_pba(&self, bar: usize, offset: u64, len: u64) -> bool {
+        let start = u64::from(self.cap.pba_offset);
+        bar == usize::from(self.cap.pba_bar)
+            && offset < start + self.cap.pba_len()
+            && offset + len > start
+    }
+
+    /// The guest reads the Pending Bit Array at `offset` of its BAR: bit i is `pending[i]`
+    /// (vectors past `pending` or the table read 0). Dword or qword accesses; others read
+    /// all ones.
+    pub fn read_pba(&self, offset: u64, data: &mut [u8], pending: &[bool]) {
+        data.fill(0xff);
+        let rel = offset.wrapping_sub(u64::from(self.cap.pba_offset));
+        if !(data.len() == 4 || data.len() == 8) || rel % 4 != 0 {
+            return;
+        }
+        let size = usize::from(self.cap.table_size);
+        for (i, chunk) in data.chunks_mut(4).enumerate() {
+            let first = (rel / 4 + i as u64) as usize * 32;
+            let mut word = 0u32;
+            for bit in 0..32 {
+                let v = first + bit;
+                if v < size && pending.get(v).copied().unwrap_or(false) {
+                    word |= 1 << bit;
+                }
+            }
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
     }
 
     /// The guest reads the table at `offset` of its BAR (dword or qword accesses; others
@@ -515,5 +551,38 @@ mod tests {
         assert!(msix.function_masked());
         assert_eq!(msix.vectors()[1], None);
         assert_eq!(msix.control(), 0xc003, "table size is read-only");
+    }
+
+    #[test]
+    fn msix_pending_bits_come_from_the_caller() {
+        // 70 entries: the PBA is two qwords at 0x800 of BAR 0.
+        let c = config_with(&[(
+            0x70,
+            &[0x11, 0, 69, 0x00, 0x00, 0x00, 0, 0, 0x00, 0x08, 0, 0],
+        )]);
+        let msix = MsixState::new(MsixCap::parse(&c, 0x70).unwrap(), 70);
+        assert_eq!(msix.cap().pba_len(), 16);
+        assert!(msix.in_pba(0, 0x800, 8));
+        assert!(msix.in_pba(0, 0x80c, 4));
+        assert!(!msix.in_pba(0, 0x810, 4));
+        assert!(!msix.in_pba(0, 0x7fc, 4));
+        assert!(!msix.in_pba(1, 0x800, 4));
+        let mut pending = vec![false; 70];
+        pending[1] = true;
+        pending[33] = true;
+        pending[69] = true;
+        let mut q = [0u8; 8];
+        msix.read_pba(0x800, &mut q, &pending);
+        assert_eq!(u64::from_le_bytes(q), (1 << 1) | (1 << 33));
+        let mut d = [0u8; 4];
+        msix.read_pba(0x808, &mut d, &pending);
+        assert_eq!(u32::from_le_bytes(d), 1 << 5, "vector 69");
+        msix.read_pba(0x80c, &mut d, &pending);
+        assert_eq!(u32::from_le_bytes(d), 0, "past the table");
+        msix.read_pba(0x804, &mut d, &[]);
+        assert_eq!(u32::from_le_bytes(d), 0, "nothing pending");
+        let mut b = [0u8; 2];
+        msix.read_pba(0x800, &mut b, &pending);
+        assert_eq!(b, [0xff, 0xff], "a word access reads all ones");
     }
 }

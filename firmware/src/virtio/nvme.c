@@ -12,12 +12,16 @@
  *     off; the probe has no IDT). The PCI vendor ID in the data must match configuration
  *     space.
  *  4. Set Features (Number of Queues: one pair), Create I/O Completion Queue 1 on MSI-X
- *     vector 1, Create I/O Submission Queue 1, then Read of LBA 0 of namespace 1: vector
- *     0x43 must turn up in the IRR.
+ *     vector 1, Create I/O Submission Queue 1.
+ *  5. Table entry 1 masked, then Read of LBA 0 of namespace 1: once the completion is in
+ *     memory, vector 1's bit must turn up in the Pending Bit Array while 0x43 stays out of
+ *     the IRR (a masked vector's message is held, PCI 3.0, 6.8.3.4); the entry unmasked,
+ *     vector 0x43 must turn up in the IRR and the pending bit must clear.
  *
- * Prints `probe: nvme vid=0x1b36 serial=SN admin-msix=0x42 lba0=TEXT io-msix=0x43` (SN: the
- * serial number up to its padding; TEXT: the sector's leading printable bytes, at most 32)
- * and fails check=nvme with the step that went wrong. See docs/GUEST_INTERFACE.md, "PCI".
+ * Prints `probe: nvme vid=0x1b36 serial=SN admin-msix=0x42 lba0=TEXT io-msix=0x43 masked=held`
+ * (SN: the serial number up to its padding; TEXT: the sector's leading printable bytes, at
+ * most 32) and fails check=nvme with the step that went wrong. See docs/GUEST_INTERFACE.md,
+ * "PCI".
  */
 #include "virtio.h"
 
@@ -73,6 +77,8 @@ struct nvme_queue {
 
 static u64 bar;
 static u16 next_cid = 1;
+static volatile u32 *msix_table;	/* 4 dwords per entry */
+static volatile u32 *msix_pba;		/* one bit per entry */
 
 static u32 rd(u32 off)
 {
@@ -189,6 +195,12 @@ static void msix_setup(u32 dev, u32 cap)
 	if (!size || !table_bar)
 		probe_fail_hex("nvme", "the MSI-X table's BAR is not a placed memory BAR: BIR=", table & 7);
 	volatile u32 *t = (volatile u32 *)(usize)(table_bar + (table & ~7u));
+	u32 pba = pci_cfg_read(dev, cap + 8);
+	u64 pba_bar = pci_bar_probe(dev, pba & 7, &size, &is64);
+	if (!size || !pba_bar)
+		probe_fail_hex("nvme", "the MSI-X PBA's BAR is not a placed memory BAR: BIR=", pba & 7);
+	msix_table = t;
+	msix_pba = (volatile u32 *)(usize)(pba_bar + (pba & ~7u));
 
 	/* Enable with the function masked, program, read back, unmask (PCI 3.0, 6.8.2.3). */
 	u32 head = pci_cfg_read(dev, cap) & 0xffff;
@@ -314,9 +326,27 @@ void nvme_checks(u32 dev)
 	cmd[1] = 1; /* namespace 1 */
 	cmd[6] = (u32)READ_BUF;
 	/* SLBA 0 (CDW10, CDW11), NLB 0: one block (CDW12). */
+	/* Vector 1 masked while the read completes: its message must be held, not lost. */
+	msix_table[1 * 4 + 3] = 1;
+	if (!(msix_table[1 * 4 + 3] & 1))
+		probe_fail("nvme", "MSI-X table entry 1 does not read back masked");
+	if (*msix_pba & 2)
+		probe_fail("nvme", "MSI-X vector 1 pending before the first I/O command");
 	submit(&io, cmd, "Read of LBA 0");
 	put_str(" lba0=");
 	put_field(data, 32);
-	wait_irr(IO_VECTOR, "MSI-X vector 1 (I/O queue) not pending in the local APIC IRR after 10 s: vector=");
-	put_str(" io-msix=0x43\n");
+	struct deadline dl;
+	deadline_start(&dl, 10000);
+	while (!(*msix_pba & 2))
+		if (deadline_passed(&dl))
+			probe_fail_hex("nvme", "masked MSI-X vector 1 not pending in the PBA 10 s after its completion: PBA=",
+				       *msix_pba);
+	if (irr_pending(IO_VECTOR))
+		probe_fail("nvme", "masked MSI-X vector 1 was delivered (0x43 in the IRR)");
+	msix_table[1 * 4 + 3] = 0;
+	wait_irr(IO_VECTOR, "MSI-X vector 1 (I/O queue) not delivered within 10 s of unmasking: vector=");
+	if (*msix_pba & 2)
+		probe_fail_hex("nvme", "MSI-X vector 1 still pending in the PBA after its delivery: PBA=",
+			       *msix_pba);
+	put_str(" io-msix=0x43 masked=held\n");
 }
