@@ -19,39 +19,20 @@ mod timeout;
 use common::*;
 use support::*;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn guest_args(socket: &Path, mac: [u8; 6]) -> Vec<String> {
-    vec![
-        "--mem".into(),
-        "64M,shared=on".into(),
-        "--net".into(),
-        format!("vhost-user={},mac={}", socket.display(), mac_text(mac)),
-        "--cmdline".into(),
-        // hang: the guest stays up after its check, so the restart below finds both VMMs.
-        // wait: the first guest's frame waits in its TX ring until the second guest is up
-        // and forwarding starts, which on a loaded host can take more than the default 2 s.
-        "probe.net=on,wait=30000 probe.exit=hang".into(),
-    ]
-}
 
 #[test]
 fn two_guests_exchange_frames_through_testpmd_and_reconnect_after_it_restarts() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _pages = Hugepages::reserve(TESTPMD_PAGES);
-    let scratch = Scratch::new("vhost-user");
-    let dir = scratch.0.clone();
-    let s0 = dir.join("port0.sock");
-    let s1 = dir.join("port1.sock");
+    let rig = Rig::new("vhost-user");
+    let (dir, s0, s1) = (rig.dir(), rig.s0.clone(), rig.s1.clone());
     let mut pmd = Testpmd::start(&dir, [&s0, &s1], 1, "first");
 
-    // Each probe waits 2 s for its frame to be taken and 5 s for one to arrive.
+    // Each probe waits up to 30 s for its frame to be taken and for one to arrive.
     let (a, b) = start_two_guests(
         &dir,
         &mut pmd,
-        &guest_args(&s0, MAC_A),
-        &guest_args(&s1, MAC_B),
+        &guest_args(&s0, MAC_A, "", "on"),
+        &guest_args(&s1, MAC_B, "", "on"),
         "virtio is now ready for processing",
     );
 

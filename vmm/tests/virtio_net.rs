@@ -35,6 +35,19 @@ impl NetNs {
             .unwrap();
         assert!(ok.success(), "ip {args:?} in {} failed", self.0);
     }
+
+    /// `edgevisor run` inside the namespace; the caller adds its options.
+    fn edgevisor_run(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.0,
+            env!("CARGO_BIN_EXE_edgevisor"),
+            "run",
+        ]);
+        cmd
+    }
 }
 
 impl Drop for NetNs {
@@ -106,14 +119,8 @@ fn a_guest_frame_reaches_the_tap_and_a_reply_reaches_the_guest() {
     ns.ip(&["link", "set", "evtap0", "up"]);
     let sock = packet_socket(&ns.0, "evtap0");
     let mac = "02:12:34:56:78:9a";
-    let vm = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            env!("CARGO_BIN_EXE_edgevisor"),
-            "run",
-        ])
+    let vm = ns
+        .edgevisor_run()
         .args(["--net", &format!("tap=evtap0,mac={mac}")])
         // wait: the reply is injected only once the test has seen the guest's frame.
         .args(["--cmdline", "probe.net=on,wait=30000"])
@@ -180,14 +187,8 @@ fn a_guest_frame_reaches_the_tap_and_a_reply_reaches_the_guest() {
 #[test]
 fn a_tap_edgevisor_creates_is_gone_when_the_vm_ends() {
     let ns = NetNs::new("tapgone");
-    let o = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            env!("CARGO_BIN_EXE_edgevisor"),
-            "run",
-        ])
+    let o = ns
+        .edgevisor_run()
         .args(["--net", "tap=evtmp0"])
         .stdin(Stdio::null())
         .output()
@@ -207,14 +208,8 @@ fn a_tap_edgevisor_creates_is_gone_when_the_vm_ends() {
         "the TAP edgevisor created is still there"
     );
     // A bad TAP name is refused before anything runs.
-    let o = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            env!("CARGO_BIN_EXE_edgevisor"),
-            "run",
-        ])
+    let o = ns
+        .edgevisor_run()
         .args(["--net", "tap=lo"])
         .stdin(Stdio::null())
         .output()
@@ -231,14 +226,8 @@ fn the_probe_net_wait_option_widens_its_windows_and_bad_values_fail() {
     let ns = NetNs::new("netwait");
     let run = |cmdline: &str| {
         let started = Instant::now();
-        let o = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.0,
-                env!("CARGO_BIN_EXE_edgevisor"),
-                "run",
-            ])
+        let o = ns
+            .edgevisor_run()
             .args(["--net", "tap=evwait0", "--cmdline", cmdline])
             .stdin(Stdio::null())
             .output()

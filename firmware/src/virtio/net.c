@@ -20,13 +20,23 @@ static u32 net_rx_ms = NET_RX_MS;
 
 static const char tx_payload[] = "edgevisor-probe-net-tx";
 
-void net_put_mac(const u8 *mac)
+static void net_put_mac(const u8 *mac)
 {
 	for (int i = 0; i < 6; i++) {
 		if (i)
 			probe_putc(':');
 		probe_put_hex(mac[i], 2);
 	}
+}
+
+void net_put_line_start(struct vdev *d, int have_mac, const u8 *mac)
+{
+	put_dev_prefix(d, "net");
+	put_str(" mac=");
+	if (have_mac)
+		net_put_mac(mac);
+	else
+		put_str("none");
 }
 
 #define NET_TRAFFIC_MQ 3	/* net_mq.c */
@@ -139,12 +149,7 @@ void virtio_net_check(struct vdev *d)
 	u64 rx_fnv = rx_len ? fnv1a64(frame, rx_len) : 0;
 	virtio_reset(d);
 
-	put_dev_prefix(d, "net");
-	put_str(" mac=");
-	if (have_mac)
-		net_put_mac(mac);
-	else
-		put_str("none");
+	net_put_line_start(d, have_mac, mac);
 	if (!traffic) {
 		put_str(" traffic=off\n");
 		return;

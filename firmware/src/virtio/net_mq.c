@@ -96,12 +96,7 @@ void virtio_net_mq_check(struct vdev *d)
 	u16 pair0_rx = d->queues[MQ_RX0].used->idx;
 	virtio_reset(d);
 
-	put_dev_prefix(d, "net");
-	put_str(" mac=");
-	if (have_mac)
-		net_put_mac(mac);
-	else
-		put_str("none");
+	net_put_line_start(d, have_mac, mac);
 	put_str(" mq pairs=2 ctrl=ok bad_pairs=err tx=pair1");
 	if (rx_len) {
 		put_str(" rx=pair1 len=");

@@ -231,10 +231,12 @@ void virtio_net_mq_check(struct vdev *d);	/* net_mq.c, probe.net=mq */
 void net_post_rx(struct vdev *d, u32 queue, u64 off, u32 id);
 /* The probe's broadcast frame from `mac` on TX queue `queue`, built at `off`. */
 void net_send_frame(struct vdev *d, u32 queue, u64 off, const u8 *mac);
-/* The first frame of ethertype 0x88b5 on RX `queue` (buffers at `off`) within 5 s: its length
- * after the header, *frame pointing at it; or 0. Other frames are posted again. */
+/* The first frame of ethertype 0x88b5 on RX `queue` (buffers at `off`) within the receive
+ * window (5 s, or probe.net=...,wait=MS): its length after the header, *frame pointing at
+ * it; or 0. Other frames are posted again. */
 u32 net_receive_frame(struct vdev *d, u32 queue, u64 off, const u8 **frame);
-void net_put_mac(const u8 *mac);
+/* `probe: virtio-net base=... mac=<mac or none>`, the start of the check's line. */
+void net_put_line_start(struct vdev *d, int have_mac, const u8 *mac);
 void virtio_vsock_check(struct vdev *d);
 
 /* ---- bench.c: workloads behind probe.blkbench=, probe.netbench= and probe.spin= ------------ */

@@ -5,43 +5,22 @@
 //! counters show that the frames went through queue 1 of each port and nothing through
 //! queue 0; its log shows GET_QUEUE_NUM and pair 1's rings being enabled.
 
-use std::path::Path;
 use std::time::Duration;
 
 use super::common::*;
 use super::support::*;
 
-fn mq_guest_args(socket: &Path, mac: [u8; 6]) -> Vec<String> {
-    vec![
-        "--mem".into(),
-        "64M,shared=on".into(),
-        "--net".into(),
-        format!(
-            "vhost-user={},queues=2,mac={}",
-            socket.display(),
-            mac_text(mac)
-        ),
-        "--cmdline".into(),
-        // wait: as in guest_args, the first guest's frame waits for the second guest.
-        "probe.net=mq,wait=30000 probe.exit=hang".into(),
-    ]
-}
-
 #[test]
 fn two_guests_exchange_frames_on_queue_pair_1_through_testpmd() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _pages = Hugepages::reserve(TESTPMD_PAGES);
-    let scratch = Scratch::new("vhost-user-mq");
-    let dir = scratch.0.clone();
-    let s0 = dir.join("port0.sock");
-    let s1 = dir.join("port1.sock");
+    let rig = Rig::new("vhost-user-mq");
+    let (dir, s0, s1) = (rig.dir(), rig.s0.clone(), rig.s1.clone());
     let mut pmd = Testpmd::start(&dir, [&s0, &s1], 2, "mq");
 
     let (a, b) = start_two_guests(
         &dir,
         &mut pmd,
-        &mq_guest_args(&s0, MAC_A),
-        &mq_guest_args(&s1, MAC_B),
+        &guest_args(&s0, MAC_A, ",queues=2", "mq"),
+        &guest_args(&s1, MAC_B, ",queues=2", "mq"),
         // testpmd calls a device ready with pair 0 alone; the frames go over pair 1, whose
         // rings the VMM turns on (RX 2, then TX 3) when the guest asks for two pairs.
         "set queue enable: 1 to qp idx: 3",

@@ -5,7 +5,9 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
+
+use super::common::{mac_text, Hugepages, Scratch};
 use std::time::{Duration, Instant};
 
 /// testpmd wants the hugepages and both cores: one test at a time.
@@ -13,6 +15,56 @@ pub static SERIAL: Mutex<()> = Mutex::new(());
 
 /// What testpmd with --total-num-mbufs=16384 and two vhost ports uses, with room to spare.
 pub const TESTPMD_PAGES: u64 = 64;
+
+/// What a testpmd test holds for its whole run: a scratch directory with the paths of
+/// testpmd's two port sockets, then (dropped after the test's testpmd, which is declared
+/// later) the hugepages it reserved and the lock that keeps testpmd tests one at a time.
+pub struct Rig {
+    pub scratch: Scratch,
+    pub s0: PathBuf,
+    pub s1: PathBuf,
+    _pages: Hugepages,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Rig {
+    pub fn new(tag: &str) -> Rig {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let pages = Hugepages::reserve(TESTPMD_PAGES);
+        let scratch = Scratch::new(tag);
+        Rig {
+            s0: scratch.0.join("port0.sock"),
+            s1: scratch.0.join("port1.sock"),
+            scratch,
+            _pages: pages,
+            _serial: serial,
+        }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.scratch.0.clone()
+    }
+}
+
+/// edgevisor's arguments for a probe guest on the vhost-user port at `socket` (`net_extra`
+/// appended to the --net value, e.g. ",queues=2") running `probe.net=<probe_net>`. The
+/// guest hangs after its check, so a test can still find it up; its frame waits up to 30 s
+/// to be taken, since the first guest's waits in its ring until the second guest is up
+/// and forwarding starts, which on a loaded host can take more than the default 2 s.
+pub fn guest_args(socket: &Path, mac: [u8; 6], net_extra: &str, probe_net: &str) -> Vec<String> {
+    vec![
+        "--mem".into(),
+        "64M,shared=on".into(),
+        "--net".into(),
+        format!(
+            "vhost-user={}{net_extra},mac={}",
+            socket.display(),
+            mac_text(mac)
+        ),
+        "--cmdline".into(),
+        format!("probe.net={probe_net},wait=30000 probe.exit=hang"),
+    ]
+}
 
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

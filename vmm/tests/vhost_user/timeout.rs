@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::common::*;
 use super::support::*;
 
 /// Accepts connections on `listener` and holds them open without a word until `stop`;
@@ -33,12 +32,8 @@ fn wait_count(vmm: &Vmm, needle: &str, count: usize, limit: Duration) -> bool {
 
 #[test]
 fn a_silent_back_end_met_on_reconnect_is_cut_off_and_retried() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _pages = Hugepages::reserve(TESTPMD_PAGES);
-    let scratch = Scratch::new("vhost-user-silent-reconnect");
-    let dir = scratch.0.clone();
-    let s0 = dir.join("port0.sock");
-    let s1 = dir.join("port1.sock");
+    let rig = Rig::new("vhost-user-silent-reconnect");
+    let (dir, s0, s1) = (rig.dir(), rig.s0.clone(), rig.s1.clone());
     let mut pmd = Testpmd::start(&dir, [&s0, &s1], 1, "silent1");
     let net = format!("vhost-user={}", s0.display());
     let mut vmm = Vmm::start(
